@@ -1,0 +1,65 @@
+//! `micro health NAME`: checks each node of a service with the standard gRPC health protocol, through the proxy.
+
+use super::output::Printer;
+use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
+use crate::server::proxy::{NODE_HEADER, SERVICE_HEADER};
+use crate::settings::{Output, Settings};
+use std::time::Duration;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// Arguments of `micro health`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The service name.
+    pub name: String,
+}
+
+/// Runs `micro health`.
+pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
+    let conn = settings.connect()?;
+    let ctx = RpcContext { address: settings.proxy.clone(), endpoint: "Health.Check".into() };
+    let services = conn.get_service(&args.name).await.map_err(|s| from_status(&s, &ctx))?;
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    let mut failed = 0;
+    let mut total = 0;
+    for service in &services {
+        for node in &service.nodes {
+            total += 1;
+            let mut req = conn.request(HealthCheckRequest { service: String::new() });
+            req.set_timeout(Duration::from_secs(5));
+            for (k, v) in [(SERVICE_HEADER, &service.name), (NODE_HEADER, &node.id)] {
+                if let Ok(v) = v.parse() {
+                    req.metadata_mut().insert(k, v);
+                }
+            }
+            let status = match HealthClient::new(conn.channel()).check(req).await {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => "ok".to_string(),
+                Ok(r) => format!("{:?}", r.get_ref().status()),
+                Err(s) if s.code() == tonic::Code::Unavailable && !s.message().starts_with("service \"") => {
+                    return Err(from_status(&s, &ctx).into());
+                }
+                Err(s) => s.message().to_string(),
+            };
+            if status != "ok" {
+                failed += 1;
+            }
+            rows.push(vec![service.version.clone(), node.id.clone(), node.address.clone(), status.clone()]);
+            json.push(serde_json::json!({
+                "service": service.name, "version": service.version, "node": node.id,
+                "address": node.address, "status": status,
+            }));
+        }
+    }
+    let printer = Printer::new(settings.output, Output::Table);
+    if printer.format() == Output::Table {
+        printer.line(format!("service  {}\n", args.name))?;
+    }
+    printer.table(&["VERSION", "NODE", "ADDRESS", "STATUS"], &rows, || serde_json::Value::Array(json))?;
+    if failed > 0 {
+        return Err(
+            CliError::new(ExitStatus::ServiceError, format!("{failed} of {total} nodes are not healthy")).into()
+        );
+    }
+    Ok(())
+}

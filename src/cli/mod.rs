@@ -1,0 +1,96 @@
+//! The `micro` command line: built-in commands, one module each, and dynamic service commands built at run time.
+//!
+//! [`command`] is the clap tree of built-ins (also used by completion); [`exec`] runs a parsed command. A word that
+//! is not a built-in command is a service name: [`dynamic`] builds its subcommands and flags from the service's
+//! protobuf schema.
+
+pub mod call;
+pub mod completion;
+pub mod dynamic;
+pub mod env;
+pub mod get;
+pub mod health;
+pub mod output;
+pub mod server;
+pub mod services;
+
+use crate::exit::{CliError, ExitStatus};
+use crate::settings::{GlobalArgs, Output, Settings};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
+
+/// The `micro` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "micro",
+    version = crate::VERSION,
+    about = "A framework for cloud native development",
+    long_about = "A framework for cloud native development.\n\nEvery service in the registry is a command too: `micro helloworld call --name=Jane`.\nUse `micro [command] --help` to see command specific help.",
+    allow_external_subcommands = true,
+    disable_help_subcommand = true,
+    after_help = "Services are commands as well: run `micro services` to list them and `micro <service> --help` to see their endpoints."
+)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = crate::env::MICRO_OUTPUT, value_enum)]
+    pub output: Option<Output>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The built-in commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the micro server.
+    Server(server::Args),
+    /// Get or set the micro environment (which server the CLI talks to).
+    Env(env::Args),
+    /// List services in the registry.
+    Services(services::Args),
+    /// Call a service endpoint with a JSON request.
+    Call(call::Args),
+    /// Call a streaming endpoint: one JSON document per response message.
+    Stream(call::Args),
+    /// Get a resource from the registry.
+    Get(get::Args),
+    /// Check the health of each node of a service.
+    Health(health::Args),
+    /// Print a shell completion script.
+    Completion(completion::Args),
+    /// A service name: `micro <service> [endpoint] [--flags]`.
+    #[command(external_subcommand)]
+    Service(Vec<OsString>),
+}
+
+/// The clap tree of built-in commands.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Runs a parsed command line.
+pub async fn exec(cli: Cli) -> anyhow::Result<()> {
+    let Some(command) = cli.command else {
+        return Err(
+            CliError::new(ExitStatus::Failure, "No command provided to micro. Please refer to 'micro --help'").into()
+        );
+    };
+    if let Command::Server(args) = command {
+        return server::exec(args).await;
+    }
+    let settings = Settings::resolve(&cli.global, cli.output)?;
+    match command {
+        Command::Server(_) => unreachable!("handled above"),
+        Command::Env(args) => env::exec(&settings, args),
+        Command::Services(args) => services::exec(&settings, args).await,
+        Command::Call(args) => call::exec(&settings, args).await,
+        Command::Stream(args) => call::exec(&settings, args).await,
+        Command::Get(args) => get::exec(&settings, args).await,
+        Command::Health(args) => health::exec(&settings, args).await,
+        Command::Completion(args) => completion::exec(args),
+        Command::Service(args) => dynamic::exec(&settings, args).await,
+    }
+}

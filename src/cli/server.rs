@@ -1,0 +1,57 @@
+//! `micro server`: runs the local server until SIGINT or SIGTERM.
+
+use crate::env;
+use crate::exit::CliError;
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `micro server`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address of the gRPC proxy, through which every service is reached.
+    #[arg(long, env = env::MICRO_PROXY_ADDRESS, default_value = "127.0.0.1:8081", value_name = "HOST:PORT")]
+    pub proxy_address: String,
+    /// Address of the HTTP API gateway.
+    #[arg(long, env = env::MICRO_API_ADDRESS, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub api_address: String,
+    /// Where the server keeps its data [default: the platform's data dir for micro].
+    #[arg(long, env = env::MICRO_DATA_DIR, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How often expired registrations are pruned.
+    #[arg(long, env = env::MICRO_REGISTRY_PRUNE_INTERVAL, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub prune_interval: Duration,
+}
+
+/// Sets up logging (to stderr; `MICRO_LOG_LEVEL`, default `info`).
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(env::var(env::MICRO_LOG_LEVEL).unwrap_or_else(|| "info".into()))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the server.
+pub async fn exec(args: Args) -> anyhow::Result<()> {
+    init_logging();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => directories::ProjectDirs::from("dev", "micro", "micro")
+            .map(|p| p.data_dir().to_path_buf())
+            .ok_or_else(|| CliError::failure("cannot find a home directory; pass --data-dir"))?,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.proxy_address).await.map_err(|e| {
+        CliError::failure(format!(
+            "cannot listen on {} ({e}); is another micro server running? Choose another address with --proxy-address",
+            args.proxy_address
+        ))
+    })?;
+    tracing::info!(api = %args.api_address, "the HTTP API gateway is not part of this build yet");
+    let config = crate::server::ServerConfig { data_dir, prune_interval: args.prune_interval };
+    crate::server::serve(listener, config, crate::service::shutdown_signal()).await.context("micro server failed")?;
+    Ok(())
+}

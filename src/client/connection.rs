@@ -1,0 +1,93 @@
+//! A connection to a micro proxy: one HTTP/2 channel, reused for every call, plus the metadata every call carries.
+
+use crate::proto::registry::{
+    GetRequest, GetSchemaRequest, ListRequest, Options, Service, registry_client::RegistryClient,
+};
+use crate::schema::Schema;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// A connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is not a valid `host:port` or URL.
+    #[error("invalid proxy address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address given.
+        address: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+/// A lazily connected channel to a micro proxy, and the namespace calls are made in.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    channel: Channel,
+    address: String,
+    namespace: String,
+}
+
+impl Connection {
+    /// A connection to `address` (`host:port`, or an `http://`/`https://` URL). Nothing is dialled until the first
+    /// call; a host with port 443 or an `https://` URL uses TLS.
+    pub fn new(address: &str, namespace: &str) -> Result<Self, ConnectError> {
+        let invalid = |reason: String| ConnectError::InvalidAddress { address: address.to_string(), reason };
+        let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        let endpoint = Endpoint::from_shared(url).map_err(|e| invalid(e.to_string()))?;
+        let endpoint = endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+        Ok(Self { channel: endpoint.connect_lazy(), address: address.to_string(), namespace: namespace.to_string() })
+    }
+
+    /// The channel, for generated clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The proxy address as given.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The namespace calls are made in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A registry client over this connection.
+    pub fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel.clone())
+    }
+
+    /// Adds the namespace header to a request.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Ok(v) = self.namespace.parse() {
+            req.metadata_mut().insert(crate::server::registry::service::NAMESPACE_HEADER, v);
+        }
+        req
+    }
+
+    fn options(&self) -> Option<Options> {
+        Some(Options { ttl: 0, domain: self.namespace.clone() })
+    }
+
+    /// Every service in the namespace.
+    pub async fn list_services(&self) -> Result<Vec<Service>, tonic::Status> {
+        let req = self.request(ListRequest { options: self.options() });
+        Ok(self.registry().list_services(req).await?.into_inner().services)
+    }
+
+    /// Every version of one service; NOT_FOUND when there is none.
+    pub async fn get_service(&self, name: &str) -> Result<Vec<Service>, tonic::Status> {
+        let req = self.request(GetRequest { service: name.to_string(), options: self.options() });
+        Ok(self.registry().get_service(req).await?.into_inner().services)
+    }
+
+    /// A schema by hash.
+    pub async fn get_schema(&self, hash: &str) -> Result<Schema, tonic::Status> {
+        let req = self.request(GetSchemaRequest { hash: hash.to_string() });
+        let schema = self.registry().get_schema(req).await?.into_inner();
+        Schema::decode(schema.descriptor_set).map_err(|e| tonic::Status::data_loss(e.to_string()))
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything that talks to a micro server: the connection to its proxy, the registry, dynamic calls and the
+//! on-disk schema cache. The CLI and the service library both sit on this layer.
+
+pub mod connection;
+pub mod dynamic;
+pub mod schema_cache;
+
+pub use connection::{ConnectError, Connection};

@@ -1,0 +1,56 @@
+//! Every environment variable micro reads, declared once with what it means.
+//!
+//! Settings resolve as flag > environment > file > default. micro never sets environment variables of its own
+//! process; child processes get theirs through `Command::env`.
+
+/// Name of the env (from `micro env`) to use for one command.
+pub const MICRO_ENV: &str = "MICRO_ENV";
+/// Address of the micro proxy (`host:port`). For the CLI it overrides the env's address; for services it is the
+/// address they register and call through (default `127.0.0.1:8081`).
+pub const MICRO_PROXY: &str = "MICRO_PROXY";
+/// Namespace to use (default `micro`).
+pub const MICRO_NAMESPACE: &str = "MICRO_NAMESPACE";
+/// Output format of the CLI: `json`, `yaml`, `table` or `raw`.
+pub const MICRO_OUTPUT: &str = "MICRO_OUTPUT";
+/// Directory for the CLI's configuration (envs); default: the platform's config dir for micro.
+pub const MICRO_CONFIG_DIR: &str = "MICRO_CONFIG_DIR";
+/// Directory for the CLI's caches (schemas); default: the platform's cache dir for micro.
+pub const MICRO_CACHE_DIR: &str = "MICRO_CACHE_DIR";
+/// Log filter for the server and services (`info`, `debug`, `micro=trace`…), as `tracing_subscriber::EnvFilter`.
+pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
+
+/// `micro server`: the gRPC proxy's listen address (default `127.0.0.1:8081`).
+pub const MICRO_PROXY_ADDRESS: &str = "MICRO_PROXY_ADDRESS";
+/// `micro server`: the HTTP API gateway's listen address (default `127.0.0.1:8080`).
+pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
+/// `micro server`: where the server keeps its data (default: the platform's data dir for micro).
+pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
+/// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
+pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
+
+/// Services: the service's name (overrides the name given in code).
+pub const MICRO_SERVICE_NAME: &str = "MICRO_SERVICE_NAME";
+/// Services: the service's version (default `latest`).
+pub const MICRO_SERVICE_VERSION: &str = "MICRO_SERVICE_VERSION";
+/// Services: the address to listen on (default `127.0.0.1:0`).
+pub const MICRO_SERVICE_ADDRESS: &str = "MICRO_SERVICE_ADDRESS";
+/// Services: registration TTL, as a duration (default `90s`).
+pub const MICRO_REGISTER_TTL: &str = "MICRO_REGISTER_TTL";
+/// Services: how often to re-register, as a duration (default `30s`).
+pub const MICRO_REGISTER_INTERVAL: &str = "MICRO_REGISTER_INTERVAL";
+
+/// Reads a variable, treating an empty value as unset.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Reads a duration variable (`5s`, `250ms`), with a default when unset.
+///
+/// An unparsable value is an error that names the variable and the expected format.
+pub fn duration(name: &str, default: std::time::Duration) -> Result<std::time::Duration, String> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(&v)
+            .map_err(|e| format!("{name}={v:?} is not a duration ({e}); use a value like 5s or 250ms")),
+    }
+}

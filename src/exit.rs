@@ -1,0 +1,190 @@
+//! Exit codes: one [`ExitStatus`] and the one place where errors map to it.
+//!
+//! The codes follow Micro's table (reference §1.5):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (also a closed stdout pipe: `micro services \| head -1`) |
+//! | 1 | a general failure: bad usage of a built-in command, an unknown command, a timed-out request |
+//! | 2 | not authorized |
+//! | 3 | a malformed method name |
+//! | 4 | the service is not found, or the micro server cannot be reached |
+//! | 5 | the service has no such method |
+//! | 127 | the service answered with an error |
+//! | 128 | invalid input: an unknown or badly typed flag, bad JSON, an unknown env |
+
+use tonic::Code;
+
+/// The exit status of the `micro` process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: success.
+    Success,
+    /// 1: a general failure.
+    Failure,
+    /// 2: not authorized.
+    Unauthorized,
+    /// 3: a malformed method name.
+    MalformedMethod,
+    /// 4: service not found, or the server is unreachable.
+    NotFound,
+    /// 5: no such method.
+    UnknownMethod,
+    /// 127: the service answered with an error.
+    ServiceError,
+    /// 128: invalid input.
+    InvalidInput,
+}
+
+impl ExitStatus {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Unauthorized => 2,
+            ExitStatus::MalformedMethod => 3,
+            ExitStatus::NotFound => 4,
+            ExitStatus::UnknownMethod => 5,
+            ExitStatus::ServiceError => 127,
+            ExitStatus::InvalidInput => 128,
+        }
+    }
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(s: ExitStatus) -> Self {
+        std::process::ExitCode::from(s.code())
+    }
+}
+
+/// An error as the user sees it: a message for stderr and an exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// The message.
+    pub message: String,
+}
+
+impl CliError {
+    /// An error with a status.
+    pub fn new(status: ExitStatus, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// Invalid input (exit 128).
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(ExitStatus::InvalidInput, message)
+    }
+
+    /// A general failure (exit 1).
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self::new(ExitStatus::Failure, message)
+    }
+}
+
+/// Where an RPC went, to name it in error messages.
+#[derive(Clone, Debug, Default)]
+pub struct RpcContext {
+    /// The proxy address.
+    pub address: String,
+    /// The endpoint, e.g. `Helloworld.Call`.
+    pub endpoint: String,
+}
+
+/// The detail of a gRPC message: Micro services send `{"id","code","detail","status"}` JSON.
+fn detail(message: &str) -> String {
+    if message.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(message) {
+            if let Some(d) = v.get("detail").and_then(|d| d.as_str()) {
+                return d.to_string();
+            }
+        }
+    }
+    message.to_string()
+}
+
+/// Maps a gRPC status to what the user sees, following Micro's table.
+pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
+    let message = detail(status.message());
+    match status.code() {
+        Code::Unavailable if !message.starts_with("service \"") => {
+            CliError::new(ExitStatus::NotFound, format!("Failed to connect to micro server at {}", ctx.address))
+        }
+        Code::NotFound if message.starts_with("service \"") && message.ends_with("\" not found") => {
+            let name = &message["service \"".len()..message.len() - "\" not found".len()];
+            CliError::new(ExitStatus::NotFound, format!("Service \"{name}\" not found"))
+        }
+        Code::Unimplemented => {
+            CliError::new(ExitStatus::UnknownMethod, format!("Service method \"{}\" not found", ctx.endpoint))
+        }
+        Code::InvalidArgument if message.starts_with("malformed method name") => CliError::new(
+            ExitStatus::MalformedMethod,
+            format!("Method name \"{}\" invalid format. Expecting service.endpoint", ctx.endpoint),
+        ),
+        Code::DeadlineExceeded => CliError::new(ExitStatus::Failure, "Request timed out"),
+        Code::Unauthenticated => CliError::new(ExitStatus::Unauthorized, "Not authorized to perform this request"),
+        Code::PermissionDenied => CliError::new(ExitStatus::Unauthorized, message),
+        _ if message.is_empty() => CliError::new(ExitStatus::ServiceError, format!("{:?}", status.code())),
+        _ => CliError::new(ExitStatus::ServiceError, message),
+    }
+}
+
+/// The status and message of any error that reaches `main`.
+pub fn classify(err: &anyhow::Error) -> (ExitStatus, String) {
+    for cause in err.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return (ExitStatus::Success, String::new());
+            }
+        }
+    }
+    if let Some(e) = err.downcast_ref::<CliError>() {
+        return (e.status, e.message.clone());
+    }
+    if let Some(s) = err.downcast_ref::<tonic::Status>() {
+        let e = from_status(s, &RpcContext::default());
+        return (e.status, e.message);
+    }
+    (ExitStatus::Failure, format!("{err:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RpcContext {
+        RpcContext { address: "127.0.0.1:1".into(), endpoint: "Foo.Bar".into() }
+    }
+
+    #[test]
+    fn micro_table() {
+        let cases = [
+            (tonic::Status::unavailable("tcp connect error"), 4, "Failed to connect to micro server at 127.0.0.1:1"),
+            (tonic::Status::not_found("service \"x\" not found"), 4, "Service \"x\" not found"),
+            (tonic::Status::unimplemented(""), 5, "Service method \"Foo.Bar\" not found"),
+            (tonic::Status::deadline_exceeded("late"), 1, "Request timed out"),
+            (tonic::Status::unauthenticated("no"), 2, "Not authorized to perform this request"),
+            (tonic::Status::internal(r#"{"id":"x","code":500,"detail":"boom","status":"Internal"}"#), 127, "boom"),
+            (
+                tonic::Status::invalid_argument("malformed method name: \"/x\""),
+                3,
+                "Method name \"Foo.Bar\" invalid format. Expecting service.endpoint",
+            ),
+        ];
+        for (status, code, msg) in cases {
+            let e = from_status(&status, &ctx());
+            assert_eq!((e.status.code(), e.message.as_str()), (code, msg), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn broken_pipe_is_success() {
+        let err = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).context("printing");
+        assert_eq!(classify(&err).0, ExitStatus::Success);
+        let err = anyhow::Error::from(CliError::input("bad"));
+        assert_eq!(classify(&err), (ExitStatus::InvalidInput, "bad".to_string()));
+    }
+}

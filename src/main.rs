@@ -1,0 +1,40 @@
+//! The `micro` binary: completion, parse, run, and map the outcome to an exit code. Everything else is in the
+//! library.
+
+use clap::Parser;
+use micro::cli::{self, Cli};
+use micro::exit::{self, ExitStatus};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    clap_complete::CompleteEnv::with_factory(cli::completion::completion_command).complete();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitStatus::Success.into(),
+                _ => ExitStatus::Failure.into(),
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitStatus::Failure.into();
+        }
+    };
+    match runtime.block_on(cli::exec(cli)) {
+        Ok(()) => ExitStatus::Success.into(),
+        Err(err) => {
+            let (status, message) = exit::classify(&err);
+            if !message.is_empty() {
+                eprintln!("{message}");
+            }
+            status.into()
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `micro server`: the local server that bundles the building blocks behind one gRPC proxy.
+//!
+//! [`serve`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and stop it at will. It owns the
+//! core services (today the registry, health and reflection), serves them in-process through the [`proxy`], and
+//! tracks every task it spawns so that shutdown is graceful.
+
+pub mod proxy;
+pub mod registry;
+
+use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service, registry_server::RegistryServer};
+use crate::schema::{self, Schema};
+use proxy::{
+    Proxy,
+    reflection::{Catalog, Reflection},
+};
+use registry::{MemoryRegistry, RegistryBackend, service::RegistryService};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of a server, resolved by the caller (flags > env > defaults).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the server keeps its data.
+    pub data_dir: PathBuf,
+    /// How often expired registrations are pruned.
+    pub prune_interval: Duration,
+}
+
+/// What can stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory cannot be created or used.
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC services the server answers in-process.
+const CORE_GRPC: &[&str] = &[
+    "registry.Registry",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Core service names, as they appear in the registry (`micro services`).
+const CORE_NAMES: &[&str] = &["registry"];
+
+struct PlatformCatalog {
+    registry: Arc<MemoryRegistry>,
+    core: Vec<Schema>,
+}
+
+impl Catalog for PlatformCatalog {
+    fn services(&self, namespace: &str) -> Vec<String> {
+        let mut names: BTreeSet<String> = CORE_GRPC.iter().map(|s| s.to_string()).collect();
+        for svc in self.registry.list(namespace) {
+            for ep in &svc.endpoints {
+                if let Some((grpc, _)) = ep.method.trim_start_matches('/').split_once('/') {
+                    names.insert(grpc.to_string());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    fn schemas(&self, namespace: &str) -> Vec<Schema> {
+        let mut all = self.core.clone();
+        all.extend(self.registry.schemas(namespace));
+        all
+    }
+}
+
+fn core_schemas() -> Vec<Schema> {
+    [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .filter_map(|bytes| Schema::decode(bytes).ok())
+    .collect()
+}
+
+/// Runs the server on `listener` (the gRPC proxy address) until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    create_private_dir(&config.data_dir)
+        .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+    let address = listener.local_addr()?;
+    let registry = Arc::new(MemoryRegistry::new());
+    let core = core_schemas();
+
+    // The core services register like any other, with the proxy as their node and no expiry.
+    let core_schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the core schema is valid");
+    for name in CORE_NAMES {
+        let service = Service {
+            name: name.to_string(),
+            version: crate::VERSION.to_string(),
+            endpoints: schema::endpoints(&core_schema.pool, CORE_GRPC.iter().copied().filter(|s| s.starts_with(name))),
+            nodes: vec![Node {
+                id: format!("{name}-{}", uuid::Uuid::new_v4()),
+                address: address.to_string(),
+                ..Default::default()
+            }],
+            options: Some(Options { ttl: 0, domain: crate::DEFAULT_NAMESPACE.into() }),
+            schema: Some(SchemaMsg { hash: core_schema.hash.clone(), descriptor_set: core_schema.bytes.clone() }),
+            ..Default::default()
+        };
+        registry.register(crate::DEFAULT_NAMESPACE, service, Duration::ZERO).expect("core registration is valid");
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RegistryServer<RegistryService<MemoryRegistry>>>().await;
+    let reflection = Reflection::new(Arc::new(PlatformCatalog { registry: registry.clone(), core }));
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(RegistryServer::new(RegistryService::new(registry.clone())))
+        .add_service(health_service)
+        .add_service(reflection.v1())
+        .add_service(reflection.v1alpha());
+    let core_router = routes.routes().prepare().into_axum_router();
+    let proxy = Proxy::new(
+        registry.clone(),
+        core_router,
+        CORE_NAMES.iter().map(|s| s.to_string()),
+        CORE_GRPC.iter().map(|s| s.to_string()),
+    );
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    {
+        let registry = registry.clone();
+        let cancel = cancel.clone();
+        let every = config.prune_interval;
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => registry.prune(),
+                }
+            }
+        });
+    }
+    tasks.spawn(proxy.clone().evict_removed_nodes(cancel.clone().cancelled_owned()));
+
+    tracing::info!(proxy = %address, data_dir = %config.data_dir.display(), "micro server listening");
+    let app = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(app)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("micro server stopped");
+    served?;
+    Ok(())
+}
+
+/// Creates a directory readable by its owner only (on Unix).
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The service library: build a micro service from tonic handlers in a few lines.
+//!
+//! A [`Service`] binds `127.0.0.1:0` (or `MICRO_SERVICE_ADDRESS`), serves your handlers plus gRPC health and
+//! reflection, and registers itself with its endpoints and schema through the proxy (`MICRO_PROXY`, default
+//! `127.0.0.1:8081`). It re-registers on an interval (a heartbeat that carries only the schema's hash) and
+//! deregisters when it stops. [`client::Client`] calls other services by name through the same proxy.
+
+pub mod client;
+
+use crate::client::Connection;
+use crate::env;
+use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service as ServiceRecord};
+use crate::schema::{self, Schema};
+use axum::routing::Route;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+
+/// The proxy address services use when `MICRO_PROXY` is not set.
+pub const DEFAULT_PROXY: &str = "127.0.0.1:8081";
+
+/// What can go wrong running a service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A setting is invalid (an environment variable, an address, the descriptors).
+    #[error("{0}")]
+    Config(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+type RouterLayer = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
+
+/// A service under construction. See the [crate docs](crate) for an example.
+pub struct Service {
+    name: String,
+    version: String,
+    metadata: HashMap<String, String>,
+    descriptors: Option<bytes::Bytes>,
+    routes: tonic::service::RoutesBuilder,
+    grpc_services: Vec<String>,
+    layers: Vec<RouterLayer>,
+    proxy: Option<String>,
+    address: Option<String>,
+    ttl: Option<Duration>,
+    interval: Option<Duration>,
+}
+
+impl Service {
+    /// A service named `name` (`MICRO_SERVICE_NAME` overrides it, as the runtime sets it).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: env::var(env::MICRO_SERVICE_NAME).unwrap_or_else(|| name.into()),
+            version: env::var(env::MICRO_SERVICE_VERSION).unwrap_or_else(|| "latest".into()),
+            metadata: HashMap::new(),
+            descriptors: None,
+            routes: Default::default(),
+            grpc_services: Vec::new(),
+            layers: Vec::new(),
+            proxy: None,
+            address: None,
+            ttl: None,
+            interval: None,
+        }
+    }
+
+    /// Sets the version (default `latest`, or `MICRO_SERVICE_VERSION`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        if env::var(env::MICRO_SERVICE_VERSION).is_none() {
+            self.version = version.into();
+        }
+        self
+    }
+
+    /// Adds a metadata pair to the registration.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The schema: a serialized `FileDescriptorSet` that describes the added services (keep source info for help
+    /// text). It is registered with the service and served by reflection.
+    pub fn descriptors(mut self, file_descriptor_set: impl Into<bytes::Bytes>) -> Self {
+        self.descriptors = Some(file_descriptor_set.into());
+        self
+    }
+
+    /// Adds a tonic service (a generated `…Server`).
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc_services.push(S::NAME.to_string());
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// Wraps every handler in a tower layer (auth, logging, metrics…).
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<Route> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<axum::extract::Request> + Clone + Send + Sync + 'static,
+        <L::Service as tower::Service<axum::extract::Request>>::Response: axum::response::IntoResponse + 'static,
+        <L::Service as tower::Service<axum::extract::Request>>::Error: Into<Infallible> + 'static,
+        <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |router| router.layer(layer)));
+        self
+    }
+
+    /// The proxy to register and call through (default `MICRO_PROXY`, else `127.0.0.1:8081`).
+    pub fn proxy(mut self, address: impl Into<String>) -> Self {
+        self.proxy = Some(address.into());
+        self
+    }
+
+    /// The address to listen on (default `MICRO_SERVICE_ADDRESS`, else `127.0.0.1:0`).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Registration TTL (default `MICRO_REGISTER_TTL`, else 90 s) and heartbeat interval (default
+    /// `MICRO_REGISTER_INTERVAL`, else 30 s).
+    pub fn register_ttl(mut self, ttl: Duration, interval: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self.interval = Some(interval);
+        self
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Binds, serves and registers until SIGINT or SIGTERM, then deregisters and stops gracefully.
+    pub async fn run(self) -> Result<(), ServiceError> {
+        let address = match &self.address {
+            Some(a) => a.clone(),
+            None => env::var(env::MICRO_SERVICE_ADDRESS).unwrap_or_else(|| "127.0.0.1:0".into()),
+        };
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|e| ServiceError::Config(format!("cannot listen on {address}: {e}")))?;
+        self.serve(listener, shutdown_signal()).await
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; registers and deregisters around it.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        let local = listener.local_addr()?;
+        let ttl = match self.ttl {
+            Some(t) => t,
+            None => env::duration(env::MICRO_REGISTER_TTL, Duration::from_secs(90)).map_err(ServiceError::Config)?,
+        };
+        let interval = match self.interval {
+            Some(t) => t,
+            None => {
+                env::duration(env::MICRO_REGISTER_INTERVAL, Duration::from_secs(30)).map_err(ServiceError::Config)?
+            }
+        };
+        let proxy = self.proxy.clone().or_else(|| env::var(env::MICRO_PROXY)).unwrap_or_else(|| DEFAULT_PROXY.into());
+        let namespace = env::var(env::MICRO_NAMESPACE).unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
+        let conn = Connection::new(&proxy, &namespace).map_err(|e| ServiceError::Config(e.to_string()))?;
+        let record = self.record(local, ttl, &namespace)?;
+
+        // Health and reflection for our own services.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in &self.grpc_services {
+            health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
+        let mut routes = std::mem::take(&mut self.routes);
+        routes.add_service(health_service);
+        if let Some(fds) = &self.descriptors {
+            let builder = tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(fds);
+            let v1 = builder.build_v1().map_err(|e| ServiceError::Config(format!("reflection: {e}")))?;
+            let builder = tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(fds);
+            let v1alpha = builder.build_v1alpha().map_err(|e| ServiceError::Config(format!("reflection: {e}")))?;
+            routes.add_service(v1).add_service(v1alpha);
+        }
+        let mut router = routes.routes().prepare().into_axum_router();
+        for layer in self.layers.drain(..) {
+            router = layer(router);
+        }
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let heartbeat = tokio::spawn(registration::heartbeat(conn.clone(), record.clone(), interval, stop_rx));
+        tracing::info!(service = %self.name, version = %self.version, address = %local, proxy = %proxy, "service listening");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        // The heartbeat deregisters when told to stop.
+        let _ = heartbeat.await;
+        served?;
+        tracing::info!(service = %self.name, "service stopped");
+        Ok(())
+    }
+
+    fn record(&self, local: SocketAddr, ttl: Duration, namespace: &str) -> Result<ServiceRecord, ServiceError> {
+        let schema = match &self.descriptors {
+            Some(bytes) => {
+                Some(Schema::decode(bytes.clone()).map_err(|e| ServiceError::Config(format!("descriptors: {e}")))?)
+            }
+            None => None,
+        };
+        let endpoints = schema
+            .as_ref()
+            .map(|s| schema::endpoints(&s.pool, self.grpc_services.iter().map(String::as_str)))
+            .unwrap_or_default();
+        let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+        let mut node_metadata = self.metadata.clone();
+        for (k, v) in [("server", "grpc"), ("transport", "grpc"), ("protocol", "grpc")] {
+            node_metadata.insert(k.into(), v.into());
+        }
+        Ok(ServiceRecord {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            metadata: self.metadata.clone(),
+            endpoints,
+            nodes: vec![Node {
+                id: format!("{}-{}", self.name, uuid::Uuid::new_v4()),
+                address: SocketAddr::new(host.parse().unwrap_or(local.ip()), local.port()).to_string(),
+                port: 0,
+                metadata: node_metadata,
+            }],
+            options: Some(Options { ttl: ttl.as_secs().max(1) as i64, domain: namespace.to_string() }),
+            schema: schema.map(|s| SchemaMsg { hash: s.hash, descriptor_set: s.bytes }),
+        })
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+mod registration {
+    //! Registration, heartbeat and deregistration of one node.
+
+    use super::*;
+    use tonic::Code;
+
+    /// Registers, then re-registers every `interval` (retrying quickly while the proxy is unreachable), and
+    /// deregisters when `stop` turns true.
+    pub async fn heartbeat(
+        conn: Connection,
+        full: ServiceRecord,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut light = full.clone();
+        if let Some(s) = light.schema.as_mut() {
+            s.descriptor_set = Default::default();
+        }
+        let mut registered = false;
+        loop {
+            let record = if registered { &light } else { &full };
+            match conn.registry().register(conn.request(record.clone())).await {
+                Ok(_) => {
+                    if !registered {
+                        tracing::info!(service = %full.name, "registered");
+                    }
+                    registered = true;
+                }
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    // The registry forgot our schema (it restarted): send it again now.
+                    registered = false;
+                    continue;
+                }
+                Err(status) => {
+                    tracing::warn!(service = %full.name, error = %status.message(), "registration failed; retrying");
+                    registered = false;
+                }
+            }
+            let wait = if registered { interval } else { interval.min(Duration::from_secs(1)) };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        let mut gone = light.clone();
+        gone.endpoints.clear();
+        let mut registry = conn.registry();
+        match tokio::time::timeout(Duration::from_secs(3), registry.deregister(conn.request(gone))).await {
+            Ok(Ok(_)) => tracing::info!(service = %full.name, "deregistered"),
+            Ok(Err(status)) => tracing::warn!(service = %full.name, error = %status.message(), "deregistration failed"),
+            Err(_) => tracing::warn!(service = %full.name, "deregistration timed out"),
+        }
+    }
+}
