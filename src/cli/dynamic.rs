@@ -205,19 +205,20 @@ pub fn endpoint_command(word: &str, method: &MethodDescriptor) -> Command {
     let mut cmd = word_command(word, method.name()).about(about);
     let mut used: HashSet<String> = ["help".to_string()].into();
     let input = method.input();
-    let has_output_field = input.fields().any(|f| f.name() == "output");
-    add_flags(&mut cmd, &input, &mut Vec::new(), &mut used, 0);
-    if !has_output_field {
+    if !input.fields().any(|f| f.name() == "output") {
+        used.insert("output".into());
         cmd = cmd.arg(
             Arg::new("micro::output")
                 .short('o')
                 .long("output")
                 .value_name("FORMAT")
                 .value_parser(clap::builder::EnumValueParser::<Output>::new())
-                .help("Output format")
-                .help_heading("Options"),
+                .help("Output format [json, yaml, raw]")
+                .hide_possible_values(true),
         );
     }
+    cmd = cmd.next_help_heading("Request fields");
+    add_flags(&mut cmd, &input, &mut Vec::new(), &mut used, 0);
     cmd
 }
 
