@@ -96,12 +96,11 @@ pub struct RpcContext {
 
 /// The detail of a gRPC message: Micro services send `{"id","code","detail","status"}` JSON.
 fn detail(message: &str) -> String {
-    if message.starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(message) {
-            if let Some(d) = v.get("detail").and_then(|d| d.as_str()) {
-                return d.to_string();
-            }
-        }
+    if message.starts_with('{')
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(message)
+        && let Some(d) = v.get("detail").and_then(|d| d.as_str())
+    {
+        return d.to_string();
     }
     message.to_string()
 }
@@ -135,10 +134,10 @@ pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
 /// The status and message of any error that reaches `main`.
 pub fn classify(err: &anyhow::Error) -> (ExitStatus, String) {
     for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::BrokenPipe {
-                return (ExitStatus::Success, String::new());
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return (ExitStatus::Success, String::new());
         }
     }
     if let Some(e) = err.downcast_ref::<CliError>() {

@@ -111,14 +111,14 @@ pub fn is_well_known(message: &MessageDescriptor) -> bool {
 /// The type of a field as micro shows it: `string`, `int64`, `[]string`, `map[string]string`, `Options`,
 /// an enum's name, or a well-known type such as `Timestamp`.
 pub fn type_name(field: &FieldDescriptor) -> String {
-    if field.is_map() {
-        if let Kind::Message(entry) = field.kind() {
-            return format!(
-                "map[{}]{}",
-                kind_name(&entry.map_entry_key_field().kind()),
-                kind_name(&entry.map_entry_value_field().kind())
-            );
-        }
+    if field.is_map()
+        && let Kind::Message(entry) = field.kind()
+    {
+        return format!(
+            "map[{}]{}",
+            kind_name(&entry.map_entry_key_field().kind()),
+            kind_name(&entry.map_entry_value_field().kind())
+        );
     }
     let base = kind_name(&field.kind());
     if field.is_list() { format!("[]{base}") } else { base }

@@ -304,12 +304,11 @@ fn parse_int<T: std::str::FromStr + TryFrom<i128>>(raw: &str) -> Option<T> {
 }
 
 fn parse_duration(raw: &str) -> Option<String> {
-    if let Some(num) = raw.strip_suffix('s') {
-        if let Ok(secs) = num.parse::<f64>() {
-            if secs.is_finite() {
-                return Some(raw.to_string());
-            }
-        }
+    if let Some(num) = raw.strip_suffix('s')
+        && let Ok(secs) = num.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Some(raw.to_string());
     }
     let d = humantime::parse_duration(raw).ok()?;
     if d.subsec_nanos() == 0 {

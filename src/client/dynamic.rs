@@ -110,10 +110,10 @@ where
             MetadataValue::try_from(v.as_str()).map_err(|e| MetadataError { key: k.clone(), reason: e.to_string() })?;
         req.metadata_mut().append(key, value);
     }
-    if let Some(service) = &options.service {
-        if let Ok(v) = MetadataValue::try_from(service.as_str()) {
-            req.metadata_mut().insert(crate::server::proxy::SERVICE_HEADER, v);
-        }
+    if let Some(service) = &options.service
+        && let Ok(v) = MetadataValue::try_from(service.as_str())
+    {
+        req.metadata_mut().insert(crate::server::proxy::SERVICE_HEADER, v);
     }
     if let Some(t) = options.timeout {
         req.set_timeout(t);

@@ -109,12 +109,10 @@ impl SchemaCache {
         name: &str,
         offline: bool,
     ) -> Result<(Service, Option<Schema>), ResolveError> {
-        if offline {
-            if let Some(service) = self.service(name) {
-                let schema = service.schema.as_ref().and_then(|s| self.schema(&s.hash));
-                if schema.is_some() || service.schema.is_none() {
-                    return Ok((service, schema));
-                }
+        if offline && let Some(service) = self.service(name) {
+            let schema = service.schema.as_ref().and_then(|s| self.schema(&s.hash));
+            if schema.is_some() || service.schema.is_none() {
+                return Ok((service, schema));
             }
         }
         let services = match conn.get_service(name).await {

@@ -121,10 +121,10 @@ struct State {
     /// domain → name → version → record
     domains: HashMap<String, BTreeMap<String, BTreeMap<String, Record>>>,
     schemas: HashMap<String, Schema>,
-    /// (domain, name) → nodes, for the proxy's hot path.
-    routes: HashMap<(String, String), Route>,
-    /// (domain, fully-qualified gRPC service) → service name.
-    grpc_services: HashMap<(String, String), String>,
+    /// domain → name → nodes, for the proxy's hot path (looked up by `&str`, no allocation).
+    routes: HashMap<String, HashMap<String, Route>>,
+    /// domain → fully-qualified gRPC service → service name.
+    grpc_services: HashMap<String, HashMap<String, String>>,
 }
 
 /// The embedded, in-memory registry.
@@ -158,13 +158,13 @@ impl MemoryRegistry {
     /// The nodes of a service, for routing.
     pub fn route(&self, domain: &str, name: &str) -> Option<Route> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.routes.get(&(domain.to_string(), name.to_string())).cloned()
+        state.routes.get(domain)?.get(name).cloned()
     }
 
     /// The service that declares a fully-qualified gRPC service (`helloworld.Helloworld`) in a domain.
     pub fn service_for_grpc(&self, domain: &str, grpc_service: &str) -> Option<String> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.grpc_services.get(&(domain.to_string(), grpc_service.to_string())).cloned()
+        state.grpc_services.get(domain)?.get(grpc_service).cloned()
     }
 
     /// Every distinct schema in use by a domain's services (`*` = all), for reflection.
@@ -177,12 +177,11 @@ impl MemoryRegistry {
                 continue;
             }
             for record in services.values().flat_map(|v| v.values()) {
-                if let Some(hash) = record.service.schema.as_ref().map(|s| &s.hash) {
-                    if seen.insert(hash.clone()) {
-                        if let Some(s) = state.schemas.get(hash) {
-                            out.push(s.clone());
-                        }
-                    }
+                if let Some(hash) = record.service.schema.as_ref().map(|s| &s.hash)
+                    && seen.insert(hash.clone())
+                    && let Some(s) = state.schemas.get(hash)
+                {
+                    out.push(s.clone());
                 }
             }
         }
@@ -199,8 +198,8 @@ impl MemoryRegistry {
 
 /// Recomputes the routing tables and drops schemas no record uses.
 fn reindex(state: &mut State) {
-    let mut routes = HashMap::new();
-    let mut grpc = HashMap::new();
+    let mut routes: HashMap<String, HashMap<String, Route>> = HashMap::new();
+    let mut grpc: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut used = HashSet::new();
     for (domain, services) in &state.domains {
         for (name, versions) in services {
@@ -209,14 +208,14 @@ fn reindex(state: &mut State) {
                 nodes.extend(record.nodes.values().map(|e| (e.node.address.clone(), e.node.id.clone())));
                 for ep in &record.service.endpoints {
                     if let Some((svc, _)) = ep.method.trim_start_matches('/').split_once('/') {
-                        grpc.entry((domain.clone(), svc.to_string())).or_insert_with(|| name.clone());
+                        grpc.entry(domain.clone()).or_default().entry(svc.to_string()).or_insert_with(|| name.clone());
                     }
                 }
                 if let Some(s) = &record.service.schema {
                     used.insert(s.hash.clone());
                 }
             }
-            routes.insert((domain.clone(), name.clone()), Route { nodes: nodes.into() });
+            routes.entry(domain.clone()).or_default().insert(name.clone(), Route { nodes: nodes.into() });
         }
     }
     state.routes = routes;
@@ -274,10 +273,10 @@ impl RegistryBackend for MemoryRegistry {
             if let Some(schema) = schema {
                 service.schema = Some(SchemaMsg { hash: schema.hash.clone(), descriptor_set: Default::default() });
                 state.schemas.entry(schema.hash.clone()).or_insert(schema);
-            } else if let Some(h) = service.schema.as_ref().map(|s| s.hash.clone()) {
-                if !state.schemas.contains_key(&h) {
-                    return Err(RegistryError::SchemaUnknown(h));
-                }
+            } else if let Some(h) = service.schema.as_ref().map(|s| s.hash.clone())
+                && !state.schemas.contains_key(&h)
+            {
+                return Err(RegistryError::SchemaUnknown(h));
             }
             let versions = state.domains.entry(domain.clone()).or_default().entry(service.name.clone()).or_default();
             let (action, record) = match versions.get_mut(&service.version) {
@@ -412,7 +411,7 @@ impl RegistryBackend for MemoryRegistry {
                         let before = record.to_service(domain);
                         let mut removed = Vec::new();
                         record.nodes.retain(|_, e| {
-                            let keep = !e.expires.is_some_and(|t| t <= now);
+                            let keep = e.expires.is_none_or(|t| t > now);
                             if !keep {
                                 removed.push(e.node.address.clone());
                             }
