@@ -4,7 +4,7 @@
 use prost::Message;
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/micro/registry/registry.proto"];
+const PROTOS: &[&str] = &["proto/micro/registry/registry.proto", "proto/micro/auth/auth.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -8,3 +8,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod registry {
     tonic::include_proto!("registry");
 }
+
+/// The auth service (`package auth`): accounts, tokens and rules.
+#[allow(missing_docs, clippy::all)]
+pub mod auth {
+    tonic::include_proto!("auth");
+}

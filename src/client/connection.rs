@@ -26,7 +26,11 @@ pub struct Connection {
     channel: Channel,
     address: String,
     namespace: String,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
+
+/// The metadata key of the bearer token.
+pub const AUTHORIZATION: &str = "authorization";
 
 impl Connection {
     /// A connection to `address` (`host:port`, or an `http://`/`https://` URL). Nothing is dialled until the first
@@ -36,7 +40,24 @@ impl Connection {
         let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
         let endpoint = Endpoint::from_shared(url).map_err(|e| invalid(e.to_string()))?;
         let endpoint = endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
-        Ok(Self { channel: endpoint.connect_lazy(), address: address.to_string(), namespace: namespace.to_string() })
+        Ok(Self {
+            channel: endpoint.connect_lazy(),
+            address: address.to_string(),
+            namespace: namespace.to_string(),
+            token: None,
+        })
+    }
+
+    /// The same connection, sending `token` as `authorization: Bearer <token>` with every request.
+    /// A token that is not valid metadata (it never is, for a JWT) is dropped.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.and_then(|t| format!("Bearer {t}").parse().ok());
+        self
+    }
+
+    /// Whether a token is attached.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The channel, for generated clients.
@@ -59,13 +80,32 @@ impl Connection {
         RegistryClient::new(self.channel.clone())
     }
 
-    /// Adds the namespace header to a request.
+    /// A request carrying the namespace header and, if set, the bearer token. Every call made through a
+    /// `Connection` is built here.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         if let Ok(v) = self.namespace.parse() {
             req.metadata_mut().insert(crate::server::registry::service::NAMESPACE_HEADER, v);
         }
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert(AUTHORIZATION, token.clone());
+        }
         req
+    }
+
+    /// An auth client over this connection.
+    pub fn auth(&self) -> crate::proto::auth::auth_client::AuthClient<Channel> {
+        crate::proto::auth::auth_client::AuthClient::new(self.channel.clone())
+    }
+
+    /// An accounts client over this connection.
+    pub fn accounts(&self) -> crate::proto::auth::accounts_client::AccountsClient<Channel> {
+        crate::proto::auth::accounts_client::AccountsClient::new(self.channel.clone())
+    }
+
+    /// A rules client over this connection.
+    pub fn rules(&self) -> crate::proto::auth::rules_client::RulesClient<Channel> {
+        crate::proto::auth::rules_client::RulesClient::new(self.channel.clone())
     }
 
     fn options(&self) -> Option<Options> {
