@@ -16,6 +16,14 @@ pub const MICRO_OUTPUT: &str = "MICRO_OUTPUT";
 pub const MICRO_CONFIG_DIR: &str = "MICRO_CONFIG_DIR";
 /// Directory for the CLI's caches (schemas); default: the platform's cache dir for micro.
 pub const MICRO_CACHE_DIR: &str = "MICRO_CACHE_DIR";
+/// CLI: an access token to send with every request of one command, instead of the token saved by `micro login`
+/// (which is then neither read nor refreshed). `micro user token` prints one.
+pub const MICRO_AUTH_TOKEN: &str = "MICRO_AUTH_TOKEN";
+/// CLI: the account id or name `micro login` logs in with when `--username` is not given.
+pub const MICRO_USERNAME: &str = "MICRO_USERNAME";
+/// CLI: the password `micro login` uses when neither `--password` nor `--password-stdin` is given. Prefer
+/// `--password-stdin`: the environment of a process can be read by others of the same user.
+pub const MICRO_PASSWORD: &str = "MICRO_PASSWORD";
 /// Log filter for the server and services (`info`, `debug`, `micro=trace`…), as `tracing_subscriber::EnvFilter`.
 pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
 
@@ -27,6 +35,13 @@ pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
 pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
 pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
+
+/// `micro server`: the password of the default `admin` account when it is first created (default `micro`).
+pub const MICRO_AUTH_ADMIN_PASSWORD: &str = "MICRO_AUTH_ADMIN_PASSWORD";
+/// Services: the id of the service account to authenticate with (set by the runtime).
+pub const MICRO_AUTH_ID: &str = "MICRO_AUTH_ID";
+/// Services: the secret of the service account (set by the runtime).
+pub const MICRO_AUTH_SECRET: &str = "MICRO_AUTH_SECRET";
 
 /// Services: the service's name (overrides the name given in code).
 pub const MICRO_SERVICE_NAME: &str = "MICRO_SERVICE_NAME";

@@ -21,6 +21,9 @@ pub struct Args {
     /// How often expired registrations are pruned.
     #[arg(long, env = env::MICRO_REGISTRY_PRUNE_INTERVAL, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub prune_interval: Duration,
+    /// Password of the default `admin` account, used when it is first created [default: micro].
+    #[arg(long, env = env::MICRO_AUTH_ADMIN_PASSWORD, value_name = "PASSWORD", hide_env_values = true)]
+    pub auth_admin_password: Option<String>,
 }
 
 /// Sets up logging (to stderr; `MICRO_LOG_LEVEL`, default `info`).
@@ -51,7 +54,11 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         ))
     })?;
     tracing::info!(api = %args.api_address, "the HTTP API gateway is not part of this build yet");
-    let config = crate::server::ServerConfig { data_dir, prune_interval: args.prune_interval };
+    let config = crate::server::ServerConfig {
+        data_dir,
+        prune_interval: args.prune_interval,
+        admin_password: args.auth_admin_password,
+    };
     crate::server::serve(listener, config, crate::service::shutdown_signal()).await.context("micro server failed")?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! core services (today the registry, health and reflection), serves them in-process through the [`proxy`], and
 //! tracks every task it spawns so that shutdown is graceful.
 
+pub mod auth;
 pub mod proxy;
 pub mod registry;
 
@@ -30,6 +31,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// How often expired registrations are pruned.
     pub prune_interval: Duration,
+    /// The default admin's password when the admin is first created (default `micro`).
+    pub admin_password: Option<String>,
 }
 
 /// What can stop the server from starting or serving.
@@ -49,18 +52,24 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Auth could not start.
+    #[error("auth: {0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// The gRPC services the server answers in-process.
 const CORE_GRPC: &[&str] = &[
     "registry.Registry",
+    "auth.Auth",
+    "auth.Accounts",
+    "auth.Rules",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 /// Core service names, as they appear in the registry (`micro services`).
-const CORE_NAMES: &[&str] = &["registry"];
+const CORE_NAMES: &[&str] = &["auth", "registry"];
 
 struct PlatformCatalog {
     registry: Arc<MemoryRegistry>,
@@ -117,7 +126,10 @@ pub async fn serve(
         let service = Service {
             name: name.to_string(),
             version: crate::VERSION.to_string(),
-            endpoints: schema::endpoints(&core_schema.pool, CORE_GRPC.iter().copied().filter(|s| s.starts_with(name))),
+            endpoints: schema::endpoints(
+                &core_schema.pool,
+                CORE_GRPC.iter().copied().filter(|s| s.split('.').next() == Some(name)),
+            ),
             nodes: vec![Node {
                 id: format!("{name}-{}", uuid::Uuid::new_v4()),
                 address: address.to_string(),
@@ -130,12 +142,24 @@ pub async fn serve(
         registry.register(crate::DEFAULT_NAMESPACE, service, Duration::ZERO).expect("core registration is valid");
     }
 
+    let mut auth_config = auth::AuthConfig::new(config.data_dir.clone());
+    auth_config.admin_password = config.admin_password.clone();
+    let auth = Arc::new(
+        tokio::task::spawn_blocking(move || auth::Auth::open(auth_config))
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??,
+    );
+    let (auth_server, accounts_server, rules_server) = auth::service::AuthService::new(auth.clone()).servers();
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<MemoryRegistry>>>().await;
     let reflection = Reflection::new(Arc::new(PlatformCatalog { registry: registry.clone(), core }));
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
-        .add_service(RegistryServer::new(RegistryService::new(registry.clone())))
+        .add_service(RegistryServer::new(RegistryService::new(registry.clone()).with_auth()))
+        .add_service(auth_server)
+        .add_service(accounts_server)
+        .add_service(rules_server)
         .add_service(health_service)
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha());
@@ -145,7 +169,8 @@ pub async fn serve(
         core_router,
         CORE_NAMES.iter().map(|s| s.to_string()),
         CORE_GRPC.iter().map(|s| s.to_string()),
-    );
+    )
+    .with_auth(auth);
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -20,6 +20,8 @@ use tonic::transport::Channel;
 #[derive(Clone, Debug)]
 pub struct Client {
     conn: Connection,
+    credentials: Option<super::credentials::Credentials>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// Adds the `micro-service` and `micro-namespace` headers, so the proxy routes to the named service.
@@ -27,6 +29,8 @@ pub struct Client {
 pub struct Route {
     service: Option<MetadataValue<tonic::metadata::Ascii>>,
     namespace: Option<MetadataValue<tonic::metadata::Ascii>>,
+    credentials: Option<super::credentials::Credentials>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl tonic::service::Interceptor for Route {
@@ -37,21 +41,41 @@ impl tonic::service::Interceptor for Route {
         if let Some(n) = &self.namespace {
             req.metadata_mut().insert(NAMESPACE_HEADER, n.clone());
         }
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert(crate::client::connection::AUTHORIZATION, token.clone());
+        } else if let Some(token) = self.credentials.as_ref().and_then(|c| c.current())
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            req.metadata_mut().insert(crate::client::connection::AUTHORIZATION, v);
+        }
         Ok(req)
     }
 }
 
 impl Client {
-    /// A client of the proxy at `MICRO_PROXY` (default `127.0.0.1:8081`) in namespace `MICRO_NAMESPACE`.
+    /// A client of the proxy at `MICRO_PROXY` (default `127.0.0.1:8081`) in namespace `MICRO_NAMESPACE`, calling
+    /// as the service account in `MICRO_AUTH_ID` / `MICRO_AUTH_SECRET` when they are set (inside a tokio runtime).
     pub fn from_env() -> Result<Self, ConnectError> {
         let proxy = env::var(env::MICRO_PROXY).unwrap_or_else(|| super::DEFAULT_PROXY.into());
         let namespace = env::var(env::MICRO_NAMESPACE).unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
-        Ok(Self { conn: Connection::new(&proxy, &namespace)? })
+        let conn = Connection::new(&proxy, &namespace)?;
+        let credentials = match (super::credentials::Credentials::from_env(), tokio::runtime::Handle::try_current()) {
+            (Some((id, secret)), Ok(_)) => Some(super::credentials::Credentials::spawn(conn.clone(), id, secret)),
+            _ => None,
+        };
+        Ok(Self { conn, credentials, token: None })
     }
 
-    /// A client of the proxy at `address`.
+    /// A client of the proxy at `address`, without credentials.
     pub fn new(address: &str, namespace: &str) -> Result<Self, ConnectError> {
-        Ok(Self { conn: Connection::new(address, namespace)? })
+        Ok(Self { conn: Connection::new(address, namespace)?, credentials: None, token: None })
+    }
+
+    /// The same client, calling with a fixed access token.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.conn = self.conn.with_token(Some(token));
+        self.token = format!("Bearer {token}").parse().ok();
+        self
     }
 
     /// A channel to the service `name`, for a generated client: `HelloworldClient::new(client.service("helloworld"))`.
@@ -59,6 +83,8 @@ impl Client {
         let route = Route {
             service: MetadataValue::try_from(name).ok(),
             namespace: MetadataValue::try_from(self.conn.namespace()).ok(),
+            credentials: self.credentials.clone(),
+            token: self.token.clone(),
         };
         InterceptedService::new(self.conn.channel(), route)
     }

@@ -6,6 +6,7 @@
 //! deregisters when it stops. [`client::Client`] calls other services by name through the same proxy.
 
 pub mod client;
+pub mod credentials;
 
 use crate::client::Connection;
 use crate::env;
@@ -201,8 +202,11 @@ impl Service {
             router = layer(router);
         }
 
+        let credentials = credentials::Credentials::from_env()
+            .map(|(id, secret)| credentials::Credentials::spawn(conn.clone(), id, secret));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let heartbeat = tokio::spawn(registration::heartbeat(conn.clone(), record.clone(), interval, stop_rx));
+        let heartbeat =
+            tokio::spawn(registration::heartbeat(conn.clone(), credentials, record.clone(), interval, stop_rx));
         tracing::info!(service = %self.name, version = %self.version, address = %local, proxy = %proxy, "service listening");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let served = tonic::transport::Server::builder()
@@ -285,6 +289,7 @@ mod registration {
     /// deregisters when `stop` turns true.
     pub async fn heartbeat(
         conn: Connection,
+        mut credentials: Option<credentials::Credentials>,
         full: ServiceRecord,
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -293,9 +298,19 @@ mod registration {
         if let Some(s) = light.schema.as_mut() {
             s.descriptor_set = Default::default();
         }
+        if let Some(c) = credentials.as_mut()
+            && !c.ready(Duration::from_secs(5)).await
+        {
+            tracing::warn!(service = %full.name, "no service account token yet; registering anonymously");
+        }
+        let authed = |conn: &Connection| match &credentials {
+            Some(c) => conn.clone().with_token(c.current().as_deref()),
+            None => conn.clone(),
+        };
         let mut registered = false;
         loop {
             let record = if registered { &light } else { &full };
+            let conn = authed(&conn);
             match conn.registry().register(conn.request(record.clone())).await {
                 Ok(_) => {
                     if !registered {
@@ -324,6 +339,7 @@ mod registration {
         }
         let mut gone = light.clone();
         gone.endpoints.clear();
+        let conn = authed(&conn);
         let mut registry = conn.registry();
         match tokio::time::timeout(Duration::from_secs(3), registry.deregister(conn.request(gone))).await {
             Ok(Ok(_)) => tracing::info!(service = %full.name, "deregistered"),

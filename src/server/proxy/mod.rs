@@ -8,6 +8,7 @@
 
 pub mod reflection;
 
+use crate::server::auth::{Account, Auth, Caller};
 use crate::server::registry::{MemoryRegistry, RegistryBackend, service::NAMESPACE_HEADER};
 use axum::body::Body;
 use http::{Request, Response};
@@ -41,6 +42,8 @@ struct Inner {
     core_grpc: HashSet<String>,
     channels: RwLock<HashMap<String, Channel>>,
     next: AtomicUsize,
+    /// Enforces auth on every request when set.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Proxy {
@@ -59,8 +62,30 @@ impl Proxy {
                 core_grpc: core_grpc.into_iter().collect(),
                 channels: RwLock::new(HashMap::new()),
                 next: AtomicUsize::new(0),
+                auth: None,
             }),
         }
+    }
+
+    /// The same proxy, enforcing `auth` on every request: tokens are verified locally and rules evaluated (with
+    /// a cache) before a request is served or forwarded. Call it before the proxy is cloned.
+    pub fn with_auth(self, auth: Arc<Auth>) -> Self {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.auth = Some(auth);
+                inner
+            }
+            Err(shared) => Inner {
+                registry: shared.registry.clone(),
+                core: shared.core.clone(),
+                core_names: shared.core_names.clone(),
+                core_grpc: shared.core_grpc.clone(),
+                channels: RwLock::new(HashMap::new()),
+                next: AtomicUsize::new(0),
+                auth: Some(auth),
+            },
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Drops cached channels of nodes that deregister or expire, until `shutdown` resolves.
@@ -139,30 +164,68 @@ impl Proxy {
         }
     }
 
-    fn route(&self, req: Request<Body>) -> Result<Target, Status> {
+    fn route(&self, mut req: Request<Body>) -> Result<Target, Status> {
         let path = req.uri().path();
-        let grpc_service = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-            Some((svc, method)) if !svc.is_empty() && !method.is_empty() && !method.contains('/') => svc.to_string(),
+        let (grpc_service, method) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+            Some((svc, method)) if !svc.is_empty() && !method.is_empty() && !method.contains('/') => {
+                (svc.to_string(), method.to_string())
+            }
             _ => return Err(Status::invalid_argument(format!("malformed method name: {path:?}"))),
         };
         let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-        let namespace = header(NAMESPACE_HEADER).unwrap_or(crate::DEFAULT_NAMESPACE).to_string();
         let explicit = header(SERVICE_HEADER).map(str::to_string);
         let node_id = header(NODE_HEADER).map(str::to_string);
+        let requested_namespace = header(NAMESPACE_HEADER).map(str::to_string);
         let inner = &self.inner;
-        let name = match explicit {
-            Some(name) if inner.core_names.contains(&name) => return Ok(Target::Core(req)),
-            Some(name) => name,
-            None if inner.core_grpc.contains(&grpc_service) => return Ok(Target::Core(req)),
-            None => match inner.registry.service_for_grpc(&namespace, &grpc_service) {
-                Some(name) => name,
-                None => match grpc_service.rsplit_once('.') {
-                    Some((name, _)) => name.to_string(),
-                    None => grpc_service.clone(),
+
+        // Who is calling.
+        let (account, token_error) = match (&inner.auth, header(crate::client::connection::AUTHORIZATION)) {
+            (Some(auth), Some(value)) => match value.strip_prefix("Bearer ") {
+                Some(token) => match auth.verify(token.trim()) {
+                    Ok(account) => (Some(account), None),
+                    Err(e) => (None, Some(e)),
                 },
+                None => (None, Some(Status::unauthenticated("invalid authorization header. expected Bearer schema"))),
+            },
+            _ => (None, None),
+        };
+        let namespace = requested_namespace
+            .or_else(|| account.as_ref().map(|a| a.issuer.clone()))
+            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string());
+
+        // Which service: explicit header, core, the registered owner of the gRPC service, or Micro's convention.
+        let (name, core) = match explicit {
+            Some(name) => {
+                let core = inner.core_names.contains(&name);
+                (name, core)
+            }
+            None if inner.core_grpc.contains(&grpc_service) => (convention_name(&grpc_service), true),
+            None => match inner.registry.service_for_grpc(&namespace, &grpc_service) {
+                Some(name) => (name, false),
+                None => (convention_name(&grpc_service), false),
             },
         };
-        if inner.core_names.contains(&name) {
+        let core = core || inner.core_names.contains(&name);
+
+        if let Some(auth) = &inner.auth {
+            let handler = grpc_service.rsplit('.').next().unwrap_or(&grpc_service);
+            let endpoint = format!("{handler}.{method}");
+            if let Err(denied) = auth.authorize(account.as_ref(), &namespace, &name, &endpoint) {
+                // A bad token matters only where access needs an account: say what was wrong with it.
+                return Err(match token_error {
+                    Some(e) if denied.code() == tonic::Code::Unauthenticated => e,
+                    _ => denied,
+                });
+            }
+            let loopback = req
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .is_some_and(|a| a.ip().is_loopback());
+            req.extensions_mut().insert(Caller { account: account.clone(), namespace: namespace.clone(), loopback });
+            set_account_headers(&mut req, account.as_ref());
+        }
+        if core {
             return Ok(Target::Core(req));
         }
         let route = inner.registry.route(&namespace, &name).filter(|r| !r.nodes.is_empty());
@@ -178,6 +241,31 @@ impl Proxy {
             }
         };
         Ok(Target::Node { name, address, req })
+    }
+}
+
+/// Micro's convention: the service name is the gRPC service's name before its last `.`.
+fn convention_name(grpc_service: &str) -> String {
+    match grpc_service.rsplit_once('.') {
+        Some((name, _)) => name.to_string(),
+        None => grpc_service.to_string(),
+    }
+}
+
+/// The metadata keys that tell a service who called it; set by the proxy only, never taken from the caller.
+pub const ACCOUNT_ID_HEADER: &str = "micro-account-id";
+/// See [`ACCOUNT_ID_HEADER`].
+pub const ACCOUNT_ISSUER_HEADER: &str = "micro-account-issuer";
+
+fn set_account_headers(req: &mut Request<Body>, account: Option<&Account>) {
+    let headers = req.headers_mut();
+    headers.remove(ACCOUNT_ID_HEADER);
+    headers.remove(ACCOUNT_ISSUER_HEADER);
+    if let Some(a) = account
+        && let (Ok(id), Ok(issuer)) = (a.id.parse(), a.issuer.parse())
+    {
+        headers.insert(ACCOUNT_ID_HEADER, id);
+        headers.insert(ACCOUNT_ISSUER_HEADER, issuer);
     }
 }
 

@@ -5,6 +5,7 @@ use crate::proto::registry::{
     EmptyResponse, GetRequest, GetResponse, GetSchemaRequest, ListRequest, ListResponse, Options,
     Result as WatchResult, Schema as SchemaMsg, Service, WatchRequest, registry_server::Registry,
 };
+use crate::server::auth::Caller;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +19,48 @@ pub const NAMESPACE_HEADER: &str = "micro-namespace";
 #[derive(Clone)]
 pub struct RegistryService<B> {
     backend: Arc<B>,
+    enforce: bool,
 }
 
 impl<B: RegistryBackend> RegistryService<B> {
-    /// Serves `backend`.
+    /// Serves `backend` without access checks (for embedding and tests).
     pub fn new(backend: Arc<B>) -> Self {
-        Self { backend }
+        Self { backend, enforce: false }
+    }
+
+    /// Checks every request against the caller the proxy verified: reads of `micro` are public, other domains
+    /// need an account of that namespace, and registration needs an administrator or service account of the
+    /// domain, or an anonymous caller on the loopback interface (the local development loop).
+    pub fn with_auth(mut self) -> Self {
+        self.enforce = true;
+        self
+    }
+
+    fn check_read<T>(&self, req: &Request<T>, domain: &str) -> Result<(), Status> {
+        if !self.enforce || domain == crate::DEFAULT_NAMESPACE {
+            return Ok(());
+        }
+        let caller = Caller::of(req);
+        if domain == WILDCARD_DOMAIN {
+            caller.require_admin(crate::DEFAULT_NAMESPACE)?;
+        } else {
+            caller.require_member(domain)?;
+        }
+        Ok(())
+    }
+
+    fn check_write<T>(&self, req: &Request<T>, domain: &str) -> Result<(), Status> {
+        if !self.enforce {
+            return Ok(());
+        }
+        let caller = Caller::of(req);
+        match &caller.account {
+            None if caller.loopback => Ok(()),
+            None => Err(Status::unauthenticated(
+                "registering a service needs a service account (MICRO_AUTH_ID / MICRO_AUTH_SECRET) from a remote host",
+            )),
+            Some(_) => caller.require_admin(domain).map(|_| ()),
+        }
     }
 }
 
@@ -56,6 +93,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResult, Status>> + Send
 impl<B: RegistryBackend> Registry for RegistryService<B> {
     async fn get_service(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
+        self.check_read(&req, &domain)?;
         let services = self.backend.get(&domain, &req.get_ref().service);
         if services.is_empty() {
             return Err(Status::not_found(format!("service \"{}\" not found", req.get_ref().service)));
@@ -65,6 +103,7 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn register(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
+        self.check_write(&req, &domain)?;
         let ttl = req.get_ref().options.as_ref().map(|o| o.ttl).unwrap_or(0);
         if ttl < 0 {
             return Err(Status::invalid_argument(format!("ttl must not be negative, got {ttl}")));
@@ -80,6 +119,7 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn deregister(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
+        self.check_write(&req, &domain)?;
         match self.backend.deregister(&domain, req.get_ref()) {
             Ok(()) | Err(RegistryError::NotFound) => Ok(Response::new(EmptyResponse {})),
             Err(e) => Err(e.into()),
@@ -88,6 +128,7 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn list_services(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
+        self.check_read(&req, &domain)?;
         Ok(Response::new(ListResponse { services: self.backend.list(&domain) }))
     }
 
@@ -95,6 +136,7 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
+        self.check_read(&req, &domain)?;
         let only = req.get_ref().service.clone();
         let events = BroadcastStream::new(self.backend.watch()).filter_map(move |change| {
             let change = change.ok()?;

@@ -1,0 +1,853 @@
+//! Auth: accounts, tokens and rules, enforced everywhere.
+//!
+//! [`Auth`] keeps accounts and rules in memory, backed by an embedded redb database in the data dir, and signs
+//! short-lived access tokens (HS256 JWTs, with a key generated into the data dir on first start, readable by the
+//! server's user only). The proxy calls [`Auth::authorize`] for every request, core services included, so rules are
+//! enforced without a network round trip; decisions are cached until the rules change. Refresh tokens are opaque,
+//! stored hashed, rotate on use and are revoked when the account's secret changes or the account is deleted.
+
+pub mod rules;
+pub mod service;
+mod store;
+
+use crate::proto::auth::{Access, Account as AccountMsg, Resource, Rule, Token};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use base64::Engine;
+use rand::RngCore;
+use rules::{Decision, Subject};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::Store;
+use tonic::Status;
+
+/// The default admin's id and name.
+pub const ADMIN: &str = "admin";
+/// The default admin's password, as in Micro.
+pub const DEFAULT_ADMIN_PASSWORD: &str = "micro";
+/// The scope of administrators.
+pub const ADMIN_SCOPE: &str = "admin";
+/// The scope of service accounts.
+pub const SERVICE_SCOPE: &str = "service";
+/// Failed logins allowed per account within [`FAILURE_WINDOW`] before logins are refused for a while.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+const LOCKOUT: Duration = Duration::from_secs(30);
+/// Bound of the decision cache; it is cleared when full.
+const MAX_CACHED_DECISIONS: usize = 65_536;
+
+/// Settings of the auth service.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// Where the key and the database live.
+    pub data_dir: PathBuf,
+    /// The default admin's password, used when the admin is first created (default `micro`).
+    pub admin_password: Option<String>,
+    /// The longest lifetime of an access token.
+    pub access_ttl: Duration,
+    /// The lifetime of a refresh token.
+    pub refresh_ttl: Duration,
+}
+
+impl AuthConfig {
+    /// Defaults: 15 minute access tokens, 30 day refresh tokens.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            admin_password: None,
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What can go wrong opening auth.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The key file or database could not be used.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A verified caller, as the proxy puts it into request extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Account id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `user` or `service`.
+    pub kind: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// The namespace that issued it.
+    pub issuer: String,
+}
+
+impl Account {
+    /// Whether the account administers `namespace`: an admin (or service account) of it, or of `micro`.
+    pub fn administers(&self, namespace: &str) -> bool {
+        let privileged = (self.kind == "user" && self.scopes.iter().any(|s| s == ADMIN_SCOPE))
+            || (self.kind == "service" && self.scopes.iter().any(|s| s == SERVICE_SCOPE));
+        privileged && (self.issuer == namespace || self.issuer == crate::DEFAULT_NAMESPACE)
+    }
+
+    /// Whether the account may act in `namespace` at all.
+    pub fn belongs_to(&self, namespace: &str) -> bool {
+        self.issuer == namespace || self.administers(namespace)
+    }
+}
+
+/// Who is calling, as seen by core services (from request extensions).
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The verified account, if a valid token was presented.
+    pub account: Option<Account>,
+    /// The namespace of the request.
+    pub namespace: String,
+    /// Whether the request came from a loopback address (the local development loop).
+    pub loopback: bool,
+}
+
+impl Caller {
+    /// The caller of a request (anonymous and remote when the proxy did not mark it).
+    pub fn of<T>(req: &tonic::Request<T>) -> Caller {
+        req.extensions().get::<Caller>().cloned().unwrap_or_default()
+    }
+
+    /// Requires an account that belongs to `namespace`.
+    pub fn require_member(&self, namespace: &str) -> Result<&Account, Status> {
+        let account = self.account.as_ref().ok_or_else(|| Status::unauthenticated("an account is required"))?;
+        if !account.belongs_to(namespace) {
+            return Err(Status::permission_denied(format!("access denied to namespace {namespace}")));
+        }
+        Ok(account)
+    }
+
+    /// Requires an administrator of `namespace`.
+    pub fn require_admin(&self, namespace: &str) -> Result<&Account, Status> {
+        let account = self.require_member(namespace)?;
+        if !account.administers(namespace) {
+            return Err(Status::permission_denied(format!("{} is not an administrator of {namespace}", account.id)));
+        }
+        Ok(account)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredAccount {
+    id: String,
+    name: String,
+    kind: String,
+    scopes: Vec<String>,
+    metadata: HashMap<String, String>,
+    issuer: String,
+    secret_hash: String,
+}
+
+impl StoredAccount {
+    fn message(&self) -> AccountMsg {
+        AccountMsg {
+            id: self.id.clone(),
+            r#type: self.kind.clone(),
+            metadata: self.metadata.clone(),
+            scopes: self.scopes.clone(),
+            issuer: self.issuer.clone(),
+            secret: String::new(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredRule {
+    id: String,
+    scope: String,
+    kind: String,
+    name: String,
+    endpoint: String,
+    granted: bool,
+    priority: i32,
+}
+
+impl StoredRule {
+    fn rule(&self) -> Rule {
+        Rule {
+            id: self.id.clone(),
+            scope: self.scope.clone(),
+            resource: Some(Resource {
+                r#type: self.kind.clone(),
+                name: self.name.clone(),
+                endpoint: self.endpoint.clone(),
+            }),
+            access: if self.granted { Access::Granted } else { Access::Denied } as i32,
+            priority: self.priority,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredRefresh {
+    namespace: String,
+    account: String,
+    expires: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    name: String,
+    typ: String,
+    scopes: Vec<String>,
+    iss: String,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// (namespace, id) → account
+    accounts: HashMap<(String, String), StoredAccount>,
+    /// namespace → user rules
+    rules: HashMap<String, Vec<StoredRule>>,
+}
+
+struct Failures {
+    count: u32,
+    since: Instant,
+    blocked_until: Option<Instant>,
+}
+
+type DecisionKey = (String, bool, Vec<String>, String, String);
+
+/// The auth core: accounts, rules and tokens.
+pub struct Auth {
+    store: Store,
+    state: RwLock<State>,
+    encoding: jsonwebtoken::EncodingKey,
+    decoding: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    config: AuthConfig,
+    decisions: RwLock<HashMap<DecisionKey, Decision>>,
+    failures: Mutex<HashMap<(String, String), Failures>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn hash_secret(secret: &str) -> Result<String, Status> {
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| Status::internal(format!("hashing the secret: {e}")))
+}
+
+fn secret_matches(secret: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+fn key_of(kind: &str, namespace: &str, id: &str) -> String {
+    format!("{kind}/{namespace}/{id}")
+}
+
+fn storage(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Rules every namespace has; they cannot be deleted. Registry reads and reflection are public in `micro` only.
+pub fn system_rules(namespace: &str) -> Vec<Rule> {
+    let rule = |id: &str, scope: &str, kind: &str, name: &str, endpoint: &str, priority: i32| Rule {
+        id: id.into(),
+        scope: scope.into(),
+        resource: Some(Resource { r#type: kind.into(), name: name.into(), endpoint: endpoint.into() }),
+        access: Access::Granted as i32,
+        priority,
+    };
+    let mut rules = vec![
+        rule("system-login", "", "service", "auth", "Auth.Token", 1000),
+        rule("system-health", "", "service", "*", "Health.Check", 1000),
+        // Registration is checked by the registry itself (admins, service accounts, or the local loop).
+        rule("system-register", "", "service", "registry", "Registry.Register", 1000),
+        rule("system-deregister", "", "service", "registry", "Registry.Deregister", 1000),
+        rule("system-accounts", "*", "*", "*", "*", 0),
+    ];
+    if namespace == crate::DEFAULT_NAMESPACE {
+        for (id, endpoint) in [
+            ("system-registry-get", "Registry.GetService"),
+            ("system-registry-list", "Registry.ListServices"),
+            ("system-registry-watch", "Registry.Watch"),
+            ("system-registry-schema", "Registry.GetSchema"),
+        ] {
+            rules.push(rule(id, "", "service", "registry", endpoint, 1000));
+        }
+        rules.push(rule("system-reflection", "", "service", "grpc.reflection.*", "*", 1000));
+    }
+    rules
+}
+
+impl Auth {
+    /// Opens auth in `config.data_dir`: creates the signing key (mode 0600) and the default admin on first start.
+    pub fn open(config: AuthConfig) -> Result<Self, AuthError> {
+        let key = load_or_create_key(&config.data_dir.join("auth.key")).map_err(AuthError::Storage)?;
+        let store = Store::open(&config.data_dir.join("auth.redb")).map_err(|e| AuthError::Storage(e.to_string()))?;
+        let mut state = State::default();
+        for (_, a) in store.scan::<StoredAccount>("account/").map_err(|e| AuthError::Storage(e.to_string()))? {
+            state.accounts.insert((a.issuer.clone(), a.id.clone()), a);
+        }
+        for (key, r) in store.scan::<StoredRule>("rule/").map_err(|e| AuthError::Storage(e.to_string()))? {
+            let namespace = key.split('/').nth(1).unwrap_or_default().to_string();
+            state.rules.entry(namespace).or_default().push(r);
+        }
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        let auth = Self {
+            store,
+            state: RwLock::new(state),
+            encoding: jsonwebtoken::EncodingKey::from_secret(&key),
+            decoding: jsonwebtoken::DecodingKey::from_secret(&key),
+            validation,
+            config,
+            decisions: RwLock::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        };
+        auth.ensure_admin()?;
+        Ok(auth)
+    }
+
+    fn ensure_admin(&self) -> Result<(), AuthError> {
+        let key = (crate::DEFAULT_NAMESPACE.to_string(), ADMIN.to_string());
+        let existing = self.state.read().unwrap_or_else(|e| e.into_inner()).accounts.get(&key).cloned();
+        match existing {
+            Some(admin) => {
+                if secret_matches(DEFAULT_ADMIN_PASSWORD, &admin.secret_hash) {
+                    tracing::warn!(
+                        "the admin account still has the default password \"micro\": change it with `micro user set password`"
+                    );
+                }
+            }
+            None => {
+                let password = self.config.admin_password.clone().unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.into());
+                if password == DEFAULT_ADMIN_PASSWORD {
+                    tracing::warn!(
+                        "created the admin account with the default password \"micro\": change it with `micro user set password`"
+                    );
+                }
+                let hash = hash_secret(&password).map_err(|s| AuthError::Storage(s.message().to_string()))?;
+                let account = StoredAccount {
+                    id: ADMIN.into(),
+                    name: ADMIN.into(),
+                    kind: "user".into(),
+                    scopes: vec![ADMIN_SCOPE.into()],
+                    metadata: HashMap::from([("created".to_string(), now().to_string())]),
+                    issuer: crate::DEFAULT_NAMESPACE.into(),
+                    secret_hash: hash,
+                };
+                self.put_account(account).map_err(|s| AuthError::Storage(s.message().to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_account(&self, account: StoredAccount) -> Result<(), Status> {
+        let key = key_of("account", &account.issuer, &account.id);
+        self.store.apply(&[(key, account.clone())], &[]).map_err(storage)?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.accounts.insert((account.issuer.clone(), account.id.clone()), account);
+        Ok(())
+    }
+
+    fn find_account(&self, namespace: &str, id_or_name: &str) -> Option<StoredAccount> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = state.accounts.get(&(namespace.to_string(), id_or_name.to_string())) {
+            return Some(a.clone());
+        }
+        state.accounts.values().find(|a| a.issuer == namespace && a.name == id_or_name).cloned()
+    }
+
+    /// Verifies an access token: signature, expiry, and that its account still exists.
+    pub fn verify(&self, token: &str) -> Result<Account, Status> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
+        let c = data.claims;
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if !state.accounts.contains_key(&(c.iss.clone(), c.sub.clone())) {
+            return Err(Status::unauthenticated("invalid token: the account no longer exists"));
+        }
+        Ok(Account { id: c.sub, name: c.name, kind: c.typ, scopes: c.scopes, issuer: c.iss })
+    }
+
+    /// Decides whether `account` may call `endpoint` of service `name` in `namespace`: UNAUTHENTICATED for an
+    /// anonymous caller that no public rule lets in, PERMISSION_DENIED for an account that is refused.
+    pub fn authorize(
+        &self,
+        account: Option<&Account>,
+        namespace: &str,
+        name: &str,
+        endpoint: &str,
+    ) -> Result<(), Status> {
+        if let Some(a) = account
+            && !a.belongs_to(namespace)
+        {
+            return Err(Status::permission_denied(format!("access denied to namespace {namespace}")));
+        }
+        let scopes = account.map(|a| a.scopes.clone()).unwrap_or_default();
+        let key: DecisionKey = (namespace.into(), account.is_some(), scopes, name.into(), endpoint.into());
+        let cached = self.decisions.read().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let decision = match cached {
+            Some(d) => d,
+            None => {
+                let rules = self.rules_of(namespace);
+                let subject = Subject { authenticated: account.is_some(), scopes: &key.2 };
+                let d = rules::decide(&rules, subject, "service", name, endpoint);
+                let mut cache = self.decisions.write().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= MAX_CACHED_DECISIONS {
+                    cache.clear();
+                }
+                cache.insert(key, d);
+                d
+            }
+        };
+        match (decision, account) {
+            (Decision::Granted, _) => Ok(()),
+            (Decision::Denied, None) => {
+                Err(Status::unauthenticated(format!("Unauthorized call made to {name}:{endpoint}")))
+            }
+            (Decision::Denied, Some(a)) => {
+                Err(Status::permission_denied(format!("Forbidden call made to {name}:{endpoint} by {}", a.id)))
+            }
+        }
+    }
+
+    /// System rules plus the namespace's own, sorted for evaluation.
+    pub fn rules_of(&self, namespace: &str) -> Vec<Rule> {
+        let mut rules = system_rules(namespace);
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        rules.extend(state.rules.get(namespace).into_iter().flatten().map(StoredRule::rule));
+        rules::sort(&mut rules);
+        rules
+    }
+
+    fn issue(&self, account: &StoredAccount, expiry: Option<Duration>) -> Result<Token, Status> {
+        let ttl = expiry.filter(|d| !d.is_zero()).map_or(self.config.access_ttl, |d| d.min(self.config.access_ttl));
+        let created = now();
+        let claims = Claims {
+            sub: account.id.clone(),
+            name: account.name.clone(),
+            typ: account.kind.clone(),
+            scopes: account.scopes.clone(),
+            iss: account.issuer.clone(),
+            iat: created,
+            exp: created + ttl.as_secs().max(1),
+        };
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        let access = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(storage)?;
+        let refresh = random_token(32);
+        let record = StoredRefresh {
+            namespace: account.issuer.clone(),
+            account: account.id.clone(),
+            expires: created + self.config.refresh_ttl.as_secs(),
+        };
+        self.store
+            .apply(&[(format!("refresh/{}", crate::schema::hash(refresh.as_bytes())), record)], &[])
+            .map_err(storage)?;
+        Ok(Token { access_token: access, refresh_token: refresh, created: created as i64, expiry: claims.exp as i64 })
+    }
+
+    fn check_lockout(&self, namespace: &str, id: &str) -> Result<(), Status> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = failures.get(&(namespace.to_string(), id.to_string()))
+            && let Some(until) = f.blocked_until.filter(|u| *u > Instant::now())
+        {
+            let secs = (until - Instant::now()).as_secs().max(1);
+            return Err(Status::resource_exhausted(format!("Too many failed logins; try again in {secs}s")));
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, namespace: &str, id: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let f = failures.entry((namespace.to_string(), id.to_string())).or_insert(Failures {
+            count: 0,
+            since: now,
+            blocked_until: None,
+        });
+        if now.duration_since(f.since) > FAILURE_WINDOW {
+            f.count = 0;
+            f.since = now;
+        }
+        f.count += 1;
+        if f.count >= MAX_FAILURES {
+            f.blocked_until = Some(now + LOCKOUT);
+            f.count = 0;
+            f.since = now;
+        }
+    }
+
+    /// Logs in with an id or name and a secret. A missing account and a wrong secret get the same answer.
+    pub fn login(&self, namespace: &str, id: &str, secret: &str, expiry: Option<Duration>) -> Result<Token, Status> {
+        self.check_lockout(namespace, id)?;
+        let account = self.find_account(namespace, id);
+        // Hash even when the account is missing, so timing does not tell the two apart.
+        let ok = match &account {
+            Some(a) => secret_matches(secret, &a.secret_hash),
+            None => {
+                let _ = secret_matches(secret, dummy_hash());
+                false
+            }
+        };
+        match (ok, account) {
+            (true, Some(a)) => self.issue(&a, expiry),
+            _ => {
+                self.record_failure(namespace, id);
+                Err(Status::unauthenticated("Invalid credentials"))
+            }
+        }
+    }
+
+    /// Exchanges a refresh token for a new pair; the old refresh token stops working.
+    pub fn refresh(&self, refresh_token: &str, expiry: Option<Duration>) -> Result<Token, Status> {
+        let key = format!("refresh/{}", crate::schema::hash(refresh_token.as_bytes()));
+        let found = self.store.scan::<StoredRefresh>(&key).map_err(storage)?.into_iter().find(|(k, _)| *k == key);
+        let Some((_, record)) = found else { return Err(Status::unauthenticated("invalid token provided")) };
+        self.store.apply::<StoredRefresh>(&[], std::slice::from_ref(&key)).map_err(storage)?;
+        if record.expires < now() {
+            return Err(Status::unauthenticated("invalid token provided"));
+        }
+        let account = self
+            .find_account(&record.namespace, &record.account)
+            .ok_or_else(|| Status::unauthenticated("invalid token provided"))?;
+        self.issue(&account, expiry)
+    }
+
+    fn revoke_refresh_tokens(&self, namespace: &str, id: &str) -> Result<(), Status> {
+        let stale: Vec<String> = self
+            .store
+            .scan::<StoredRefresh>("refresh/")
+            .map_err(storage)?
+            .into_iter()
+            .filter(|(_, r)| r.namespace == namespace && r.account == id)
+            .map(|(k, _)| k)
+            .collect();
+        self.store.apply::<StoredRefresh>(&[], &stale).map_err(storage)
+    }
+
+    /// Creates an account; returns it with its plaintext secret (generated when empty).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_account(
+        &self,
+        namespace: &str,
+        id: &str,
+        name: &str,
+        kind: &str,
+        scopes: Vec<String>,
+        mut metadata: HashMap<String, String>,
+        secret: &str,
+    ) -> Result<AccountMsg, Status> {
+        if id.trim().is_empty() {
+            return Err(Status::invalid_argument("ID required"));
+        }
+        let kind = if kind.is_empty() { "user" } else { kind };
+        if kind != "user" && kind != "service" {
+            return Err(Status::invalid_argument(format!("invalid account type {kind:?}: use user or service")));
+        }
+        let name = if name.is_empty() { id } else { name };
+        {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if state.accounts.contains_key(&(namespace.to_string(), id.to_string())) {
+                return Err(Status::already_exists("Account with this ID already exists"));
+            }
+            if state.accounts.values().any(|a| a.issuer == namespace && (a.name == name || a.id == name)) {
+                return Err(Status::already_exists("Account with this Name already exists"));
+            }
+        }
+        let secret = if secret.is_empty() { random_token(24) } else { secret.to_string() };
+        metadata.insert("created".into(), now().to_string());
+        let account = StoredAccount {
+            id: id.into(),
+            name: name.into(),
+            kind: kind.into(),
+            scopes,
+            metadata,
+            issuer: namespace.into(),
+            secret_hash: hash_secret(&secret)?,
+        };
+        self.put_account(account.clone())?;
+        let mut msg = account.message();
+        msg.secret = secret;
+        Ok(msg)
+    }
+
+    /// The accounts of a namespace, without secrets, sorted by id.
+    pub fn accounts(&self, namespace: &str) -> Vec<AccountMsg> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<AccountMsg> =
+            state.accounts.values().filter(|a| a.issuer == namespace).map(StoredAccount::message).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Deletes an account and revokes its refresh tokens.
+    pub fn delete_account(&self, namespace: &str, id: &str) -> Result<(), Status> {
+        if self.find_account(namespace, id).is_none_or(|a| a.id != id) {
+            return Err(Status::not_found("Account not found"));
+        }
+        self.store.apply::<StoredAccount>(&[], &[key_of("account", namespace, id)]).map_err(storage)?;
+        self.state.write().unwrap_or_else(|e| e.into_inner()).accounts.remove(&(namespace.to_string(), id.to_string()));
+        self.revoke_refresh_tokens(namespace, id)
+    }
+
+    /// Changes a secret. `old` is checked unless `trusted` (an admin acting on another account).
+    pub fn change_secret(&self, namespace: &str, id: &str, old: &str, new: &str, trusted: bool) -> Result<(), Status> {
+        if new.is_empty() {
+            return Err(Status::invalid_argument("New secret should not be blank"));
+        }
+        let mut account = self
+            .find_account(namespace, id)
+            .filter(|a| a.id == id)
+            .ok_or_else(|| Status::not_found("Account not found"))?;
+        if !trusted && !secret_matches(old, &account.secret_hash) {
+            return Err(Status::unauthenticated("Secret not correct"));
+        }
+        account.secret_hash = hash_secret(new)?;
+        self.put_account(account)?;
+        self.revoke_refresh_tokens(namespace, id)
+    }
+
+    /// Creates a rule.
+    pub fn create_rule(&self, namespace: &str, rule: Rule) -> Result<(), Status> {
+        if rule.id.trim().is_empty() {
+            return Err(Status::invalid_argument("ID missing"));
+        }
+        if rule.id.starts_with("system-") {
+            return Err(Status::invalid_argument("Rule ids starting with system- are reserved"));
+        }
+        let resource = rule.resource.clone().ok_or_else(|| Status::invalid_argument("Resource missing"))?;
+        if resource.r#type.is_empty() || resource.name.is_empty() || resource.endpoint.is_empty() {
+            return Err(Status::invalid_argument("Invalid resource, must be in the format type:name:endpoint"));
+        }
+        let granted = match Access::try_from(rule.access) {
+            Ok(Access::Granted) => true,
+            Ok(Access::Denied) => false,
+            _ => return Err(Status::invalid_argument("Access missing")),
+        };
+        let stored = StoredRule {
+            id: rule.id.clone(),
+            scope: rule.scope,
+            kind: resource.r#type,
+            name: resource.name,
+            endpoint: resource.endpoint,
+            granted,
+            priority: rule.priority,
+        };
+        {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if state.rules.get(namespace).is_some_and(|r| r.iter().any(|r| r.id == stored.id)) {
+                return Err(Status::already_exists("A rule with this ID already exists"));
+            }
+        }
+        self.store.apply(&[(key_of("rule", namespace, &stored.id), stored.clone())], &[]).map_err(storage)?;
+        self.state.write().unwrap_or_else(|e| e.into_inner()).rules.entry(namespace.into()).or_default().push(stored);
+        self.decisions.write().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+
+    /// Deletes a rule.
+    pub fn delete_rule(&self, namespace: &str, id: &str) -> Result<(), Status> {
+        if id.starts_with("system-") {
+            return Err(Status::invalid_argument("System rules cannot be deleted"));
+        }
+        let exists = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state.rules.get(namespace).is_some_and(|r| r.iter().any(|r| r.id == id))
+        };
+        if !exists {
+            return Err(Status::not_found("Rule not found"));
+        }
+        self.store.apply::<StoredRule>(&[], &[key_of("rule", namespace, id)]).map_err(storage)?;
+        if let Some(rules) = self.state.write().unwrap_or_else(|e| e.into_inner()).rules.get_mut(namespace) {
+            rules.retain(|r| r.id != id);
+        }
+        self.decisions.write().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+
+    /// The account behind a stored id, as a message without secret.
+    pub fn account(&self, namespace: &str, id: &str) -> Option<AccountMsg> {
+        self.find_account(namespace, id).filter(|a| a.id == id).map(|a| a.message())
+    }
+}
+
+/// The hash of a random secret, verified against when an account is missing so that both cases take the same time.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_secret(&random_token(16)).unwrap_or_default())
+}
+
+fn load_or_create_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    match std::fs::read(path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {
+            return Err(format!("{} is too short to be a signing key; delete it to make a new one", path.display()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let mut key = vec![0u8; 64];
+    rand::rng().fill_bytes(&mut key);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.sync_all().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Auth) {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::open(AuthConfig::new(dir.path().to_path_buf())).unwrap();
+        (dir, auth)
+    }
+
+    #[test]
+    fn default_admin_logs_in_and_tokens_verify() {
+        let (_dir, auth) = open();
+        let token = auth.login("micro", "admin", "micro", None).unwrap();
+        let account = auth.verify(&token.access_token).unwrap();
+        assert_eq!(account.id, "admin");
+        assert!(account.administers("micro") && account.administers("other"));
+        assert_eq!(auth.login("micro", "admin", "wrong", None).unwrap_err().message(), "Invalid credentials");
+        assert_eq!(auth.login("micro", "nobody", "micro", None).unwrap_err().message(), "Invalid credentials");
+        assert!(auth.login("other", "admin", "micro", None).is_err(), "other namespaces have no default admin");
+    }
+
+    #[test]
+    fn tampered_and_foreign_tokens_are_refused() {
+        let (_dir, auth) = open();
+        let token = auth.login("micro", "admin", "micro", None).unwrap().access_token;
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert!(auth.verify(std::str::from_utf8(&tampered).unwrap()).is_err());
+        let (_dir2, other) = open();
+        assert!(other.verify(&token).is_err(), "a token signed by another server's key is refused");
+    }
+
+    #[test]
+    fn refresh_rotates() {
+        let (_dir, auth) = open();
+        let first = auth.login("micro", "admin", "micro", None).unwrap();
+        let second = auth.refresh(&first.refresh_token, None).unwrap();
+        assert!(auth.verify(&second.access_token).is_ok());
+        assert!(auth.refresh(&first.refresh_token, None).is_err(), "a used refresh token stops working");
+        assert!(auth.refresh(&second.refresh_token, None).is_ok());
+    }
+
+    #[test]
+    fn password_change_revokes_and_old_secret_stops_working() {
+        let (_dir, auth) = open();
+        let t = auth.login("micro", "admin", "micro", None).unwrap();
+        auth.change_secret("micro", "admin", "micro", "new-secret", false).unwrap();
+        assert!(auth.login("micro", "admin", "micro", None).is_err());
+        assert!(auth.login("micro", "admin", "new-secret", None).is_ok());
+        assert!(auth.refresh(&t.refresh_token, None).is_err());
+        assert!(auth.change_secret("micro", "admin", "wrong", "x", false).is_err());
+    }
+
+    #[test]
+    fn accounts_by_name_and_duplicates() {
+        let (_dir, auth) = open();
+        let created = auth.create_account("ns", "u1", "alice", "user", vec![], HashMap::new(), "pw").unwrap();
+        assert_eq!(created.secret, "pw");
+        assert!(auth.login("ns", "alice", "pw", None).is_ok());
+        assert!(auth.login("ns", "u1", "pw", None).is_ok());
+        assert_eq!(
+            auth.create_account("ns", "u2", "alice", "user", vec![], HashMap::new(), "pw").unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(
+            auth.create_account("ns", "u1", "", "user", vec![], HashMap::new(), "pw").unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn lockout_after_repeated_failures() {
+        let (_dir, auth) = open();
+        for _ in 0..MAX_FAILURES {
+            let _ = auth.login("micro", "admin", "wrong", None);
+        }
+        assert_eq!(auth.login("micro", "admin", "micro", None).unwrap_err().code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn rules_and_namespaces() {
+        let (_dir, auth) = open();
+        // Anonymous: registry reads are public in micro only.
+        assert!(auth.authorize(None, "micro", "registry", "Registry.ListServices").is_ok());
+        assert_eq!(
+            auth.authorize(None, "other", "registry", "Registry.ListServices").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(auth.authorize(None, "micro", "auth", "Auth.Token").is_ok());
+        assert!(auth.authorize(None, "micro", "helloworld", "Helloworld.Call").is_err());
+        let user =
+            Account { id: "u".into(), name: "u".into(), kind: "user".into(), scopes: vec![], issuer: "a".into() };
+        assert!(auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").is_ok());
+        assert_eq!(
+            auth.authorize(Some(&user), "b", "helloworld", "Helloworld.Call").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // A deny rule at equal priority wins over the system grant, and the cache notices the change.
+        let deny = Rule {
+            id: "no-hello".into(),
+            scope: "*".into(),
+            resource: rules::parse_resource("service:helloworld:*"),
+            access: Access::Denied as i32,
+            priority: 0,
+        };
+        auth.create_rule("a", deny).unwrap();
+        assert_eq!(
+            auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        auth.delete_rule("a", "no-hello").unwrap();
+        assert!(auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").is_ok());
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let auth = Auth::open(AuthConfig::new(dir.path().to_path_buf())).unwrap();
+            auth.create_account("ns", "svc", "", "service", vec!["service".into()], HashMap::new(), "s").unwrap();
+        }
+        let auth = Auth::open(AuthConfig::new(dir.path().to_path_buf())).unwrap();
+        assert!(auth.login("ns", "svc", "s", None).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("auth.key")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
