@@ -142,6 +142,7 @@ pub async fn serve(
         registry.register(crate::DEFAULT_NAMESPACE, service, Duration::ZERO).expect("core registration is valid");
     }
 
+    let cancel = CancellationToken::new();
     let mut auth_config = auth::AuthConfig::new(config.data_dir.clone());
     auth_config.admin_password = config.admin_password.clone();
     let auth = Arc::new(
@@ -156,7 +157,7 @@ pub async fn serve(
     let reflection = Reflection::new(Arc::new(PlatformCatalog { registry: registry.clone(), core }));
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
-        .add_service(RegistryServer::new(RegistryService::new(registry.clone()).with_auth()))
+        .add_service(RegistryServer::new(RegistryService::new(registry.clone()).with_auth().closing(cancel.clone())))
         .add_service(auth_server)
         .add_service(accounts_server)
         .add_service(rules_server)
@@ -172,7 +173,6 @@ pub async fn serve(
     )
     .with_auth(auth);
 
-    let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     {
         let registry = registry.clone();
@@ -194,17 +194,53 @@ pub async fn serve(
     tracing::info!(proxy = %address, data_dir = %config.data_dir.display(), "micro server listening");
     let app = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_routes(app)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let closing = cancel.clone();
+    let served = serve_grpc(app, incoming, shutdown, async move {
+        // Long-lived streams (watches) hold connections open: end them so connections can drain.
+        closing.cancel();
+    })
+    .await;
     cancel.cancel();
     tasks.close();
     tasks.wait().await;
     tracing::info!("micro server stopped");
     served?;
     Ok(())
+}
+
+/// How long open connections may take to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `routes` on `incoming` until `shutdown`; then runs `on_shutdown`, lets connections drain for at most
+/// [`DRAIN_TIMEOUT`], and returns.
+pub async fn serve_grpc(
+    routes: tonic::service::Routes,
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder().tcp_nodelay(true).add_routes(routes).serve_with_incoming_shutdown(
+        incoming,
+        async move {
+            shutdown.await;
+            let _ = begun_tx.send(());
+            on_shutdown.await;
+        },
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served,
+        _ = async {
+            if begun_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown began; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Creates a directory readable by its owner only (on Unix).

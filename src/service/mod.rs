@@ -209,14 +209,16 @@ impl Service {
             tokio::spawn(registration::heartbeat(conn.clone(), credentials, record.clone(), interval, stop_rx));
         tracing::info!(service = %self.name, version = %self.version, address = %local, proxy = %proxy, "service listening");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming_shutdown(incoming, async move {
+        let served = crate::server::serve_grpc(
+            tonic::service::Routes::from(router),
+            incoming,
+            async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
-            })
-            .await;
+            },
+            async {},
+        )
+        .await;
         // The heartbeat deregisters when told to stop.
         let _ = heartbeat.await;
         served?;

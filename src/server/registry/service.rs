@@ -20,12 +20,19 @@ pub const NAMESPACE_HEADER: &str = "micro-namespace";
 pub struct RegistryService<B> {
     backend: Arc<B>,
     enforce: bool,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl<B: RegistryBackend> RegistryService<B> {
     /// Serves `backend` without access checks (for embedding and tests).
     pub fn new(backend: Arc<B>) -> Self {
-        Self { backend, enforce: false }
+        Self { backend, enforce: false, closing: Default::default() }
+    }
+
+    /// Ends watch streams when `closing` is cancelled (at shutdown), so connections can drain.
+    pub fn closing(mut self, closing: tokio_util::sync::CancellationToken) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// Checks every request against the caller the proxy verified: reads of `micro` are public, other domains
@@ -152,6 +159,7 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
                 timestamp: change.timestamp,
             }))
         });
+        let events = futures::StreamExt::take_until(events, self.closing.clone().cancelled_owned());
         Ok(Response::new(Box::pin(events)))
     }
 
