@@ -1,8 +1,14 @@
 //! CLI settings, resolved once per command: flag > environment > config file > default.
 //!
 //! The config file (`config.json` in the user's config dir) holds the envs: named proxy addresses, with `local`
-//! (`127.0.0.1:8081`) built in, and which one is current.
+//! (`127.0.0.1:8081`) built in, and which one is current; the namespace chosen per env (`micro user namespace
+//! set`); and the user's own settings (`micro user config`).
+//!
+//! Commands that call the server connect through [`Settings::connect_authed`], which attaches the token saved by
+//! `micro login` (refreshing it when it is about to expire) or the one in `MICRO_AUTH_TOKEN`.
 
+use crate::client::Connection;
+use crate::client::tokens::{StoredToken, TokenStore, TokenStoreError};
 use crate::env;
 use crate::exit::CliError;
 use serde::{Deserialize, Serialize};
@@ -34,6 +40,12 @@ pub struct ConfigFile {
     /// User-added envs.
     #[serde(default)]
     pub envs: BTreeMap<String, EnvEntry>,
+    /// The current namespace of each env (`micro user namespace set`); `micro` when absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, String>,
+    /// The user's own settings (`micro user config set KEY VALUE`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_config: BTreeMap<String, String>,
 }
 
 impl ConfigFile {
@@ -50,6 +62,11 @@ impl ConfigFile {
     /// The saved current env, `local` by default.
     pub fn current(&self) -> &str {
         self.env.as_deref().unwrap_or(LOCAL_ENV)
+    }
+
+    /// The namespace saved for `env`, if any.
+    pub fn namespace(&self, env: &str) -> Option<&str> {
+        self.namespaces.get(env).map(String::as_str).filter(|ns| !ns.is_empty())
     }
 }
 
@@ -106,6 +123,25 @@ impl Dirs {
     }
 }
 
+/// A saved access token is refreshed when it expires within this many seconds.
+pub const REFRESH_MARGIN_SECS: i64 = 60;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Whether a failed `Auth.Token` call means the server refused the credentials, as opposed to not answering.
+fn refused(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(code, Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound)
+}
+
+/// A token store error as the user sees it (the message names the file, never a token).
+pub fn store_error(e: TokenStoreError) -> CliError {
+    CliError::failure(e.to_string())
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -128,8 +164,11 @@ pub struct Settings {
     pub env: String,
     /// The proxy address.
     pub proxy: String,
-    /// The namespace.
+    /// The namespace: `--namespace`/`MICRO_NAMESPACE`, else the one saved for the env, else `micro`.
     pub namespace: String,
+    /// The namespace saved for the env (else `micro`), whatever `--namespace` says: when no token was saved for
+    /// [`Settings::namespace`], the token of this one is used.
+    pub home_namespace: String,
     /// The output format, if one was asked for.
     pub output: Option<Output>,
     /// Whether stdin is a terminal (prompts allowed).
@@ -156,7 +195,11 @@ impl Settings {
     /// Resolves the settings from flags (which clap already merged with the environment), the config file and
     /// defaults.
     pub fn resolve(args: &GlobalArgs, output: Option<Output>) -> Result<Self, CliError> {
-        let dirs = Dirs::resolve()?;
+        Self::resolve_in(Dirs::resolve()?, args, output)
+    }
+
+    /// [`Settings::resolve`] with the given directories.
+    pub fn resolve_in(dirs: Dirs, args: &GlobalArgs, output: Option<Output>) -> Result<Self, CliError> {
         let config = dirs.load()?;
         let env = args.env.clone().unwrap_or_else(|| config.current().to_string());
         let envs = config.all_envs();
@@ -169,20 +212,117 @@ impl Settings {
                 )));
             }
         };
+        let home_namespace = config.namespace(&env).unwrap_or(crate::DEFAULT_NAMESPACE).to_string();
+        let namespace = args.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| home_namespace.clone());
         Ok(Self {
             dirs,
             env,
             proxy,
-            namespace: args.namespace.clone().unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string()),
+            namespace,
+            home_namespace,
             output,
             stdin_tty: std::io::stdin().is_terminal(),
             stderr_tty: std::io::stderr().is_terminal(),
         })
     }
 
-    /// A connection to the env's proxy.
-    pub fn connect(&self) -> Result<crate::client::Connection, CliError> {
-        crate::client::Connection::new(&self.proxy, &self.namespace).map_err(|e| CliError::input(e.to_string()))
+    /// A connection to the env's proxy, without a token. Only for calls that need none (`micro login`);
+    /// everything else uses [`Settings::connect_authed`].
+    pub fn connect(&self) -> Result<Connection, CliError> {
+        Connection::new(&self.proxy, &self.namespace).map_err(|e| CliError::input(e.to_string()))
+    }
+
+    /// A connection to the env's proxy that sends the current access token (see [`Settings::access_token`]), or
+    /// none when the user is not logged in: the server then answers what anonymous callers may do.
+    pub async fn connect_authed(&self) -> Result<Connection, CliError> {
+        let conn = self.connect()?;
+        let token = self.access_token().await?;
+        Ok(conn.with_token(token.as_deref()))
+    }
+
+    /// The token store in the config dir.
+    pub fn tokens(&self) -> TokenStore {
+        TokenStore::new(&self.dirs.config)
+    }
+
+    /// The saved token of this env for [`Settings::namespace`], else for [`Settings::home_namespace`], and the
+    /// namespace it was saved under.
+    pub fn stored_token(&self) -> Result<Option<(String, StoredToken)>, CliError> {
+        let store = self.tokens();
+        let mut namespaces = vec![self.namespace.as_str()];
+        if self.home_namespace != self.namespace {
+            namespaces.push(&self.home_namespace);
+        }
+        for ns in namespaces {
+            if let Some(token) = store.get(&self.env, ns).map_err(store_error)? {
+                return Ok(Some((ns.to_string(), token)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The access token to send: `MICRO_AUTH_TOKEN` if set; else the saved one ([`Settings::stored_token`]),
+    /// refreshed first when it expires within a minute. A refresh token the server refuses is dropped with its
+    /// access token (the user is logged out); when the server cannot be reached, the old access token is kept.
+    pub async fn access_token(&self) -> Result<Option<String>, CliError> {
+        if let Some(token) = env::var(env::MICRO_AUTH_TOKEN) {
+            return Ok(Some(token));
+        }
+        let Some((ns, token)) = self.stored_token()? else { return Ok(None) };
+        if !token.can_refresh() || !token.expires_within(unix_now(), REFRESH_MARGIN_SECS) {
+            return Ok(Some(token.access_token));
+        }
+        let store = self.tokens();
+        match self.refresh(&ns, &token).await {
+            Ok(Some(fresh)) => {
+                let access = fresh.access_token.clone();
+                store.put(&self.env, &ns, fresh).map_err(store_error)?;
+                Ok(Some(access))
+            }
+            Ok(None) => {
+                // Another micro process may have rotated the refresh token just before us: use its result.
+                match store.get(&self.env, &ns).map_err(store_error)? {
+                    Some(current) if current.refresh_token != token.refresh_token => Ok(Some(current.access_token)),
+                    Some(_) => {
+                        tracing::debug!(env = %self.env, namespace = %ns, "refresh token refused; logged out");
+                        store.remove(&self.env, &ns).map_err(store_error)?;
+                        Ok(None)
+                    }
+                    None => Ok(None),
+                }
+            }
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "cannot refresh the access token; using the saved one");
+                Ok(Some(token.access_token))
+            }
+        }
+    }
+
+    /// Exchanges `token`'s refresh token for a new pair. `Ok(None)` when the server refuses the refresh token;
+    /// `Err` when the answer says nothing about it (unreachable server, timeout).
+    async fn refresh(&self, namespace: &str, token: &StoredToken) -> Result<Option<StoredToken>, tonic::Status> {
+        use crate::proto::auth::{Options, TokenRequest};
+        let conn = Connection::new(&self.proxy, namespace).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut req = conn.request(TokenRequest {
+            refresh_token: token.refresh_token.clone(),
+            options: Some(Options { namespace: namespace.to_string() }),
+            ..Default::default()
+        });
+        req.set_timeout(std::time::Duration::from_secs(15));
+        match conn.auth().token(req).await {
+            Ok(resp) => match resp.into_inner().token {
+                Some(t) if !t.access_token.is_empty() => Ok(Some(StoredToken {
+                    account_id: token.account_id.clone(),
+                    access_token: t.access_token,
+                    refresh_token: t.refresh_token,
+                    created: t.created,
+                    expiry: t.expiry,
+                })),
+                _ => Err(tonic::Status::internal("the server answered a refresh with no token")),
+            },
+            Err(status) if refused(status.code()) => Ok(None),
+            Err(status) => Err(status),
+        }
     }
 
     /// The schema cache of this env and namespace.
@@ -193,5 +333,176 @@ impl Settings {
     /// The cache root, for completion.
     pub fn cache_root(dirs: &Dirs) -> PathBuf {
         dirs.cache.join("schemas")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(root: &std::path::Path) -> Dirs {
+        Dirs { config: root.join("config"), cache: root.join("cache") }
+    }
+
+    #[test]
+    fn namespace_resolution() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = dirs(tmp.path());
+        let args = |env: Option<&str>, ns: Option<&str>| GlobalArgs {
+            env: env.map(Into::into),
+            namespace: ns.map(Into::into),
+            proxy: Some("127.0.0.1:1".into()),
+        };
+        let resolve = |a: &GlobalArgs| Settings::resolve_in(dirs.clone(), a, None).unwrap();
+
+        // Nothing saved: `micro`.
+        let s = resolve(&args(None, None));
+        assert_eq!((s.namespace.as_str(), s.home_namespace.as_str()), ("micro", "micro"));
+
+        // Saved for the current env.
+        let mut config = dirs.load().unwrap();
+        config.namespaces.insert("local".into(), "foo".into());
+        config.envs.insert("prod".into(), EnvEntry { proxy_address: "p:1".into(), description: String::new() });
+        dirs.save(&config).unwrap();
+        let s = resolve(&args(None, None));
+        assert_eq!((s.namespace.as_str(), s.home_namespace.as_str()), ("foo", "foo"));
+
+        // Per env: another env has its own (here none).
+        let s = resolve(&args(Some("prod"), None));
+        assert_eq!(s.namespace, "micro");
+
+        // The flag (or MICRO_NAMESPACE, which clap merges into it) wins, the saved one stays home.
+        let s = resolve(&args(None, Some("bar")));
+        assert_eq!((s.namespace.as_str(), s.home_namespace.as_str()), ("bar", "foo"));
+
+        // An empty flag is no flag.
+        let s = resolve(&args(None, Some("")));
+        assert_eq!(s.namespace, "foo");
+
+        // Old config files without the new keys still load, and empty maps are not written.
+        std::fs::write(dirs.config_file(), r#"{"env":"local","envs":{}}"#).unwrap();
+        assert!(dirs.load().unwrap().namespaces.is_empty());
+        dirs.save(&ConfigFile::default()).unwrap();
+        let text = std::fs::read_to_string(dirs.config_file()).unwrap();
+        assert!(!text.contains("namespaces") && !text.contains("user_config"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn stored_token_falls_back_to_the_home_namespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = dirs(tmp.path());
+        let args = |ns: Option<&str>| GlobalArgs {
+            env: None,
+            namespace: ns.map(Into::into),
+            proxy: Some("127.0.0.1:1".into()),
+        };
+        let token = |id: &str| StoredToken {
+            account_id: id.into(),
+            access_token: format!("{id}-access"),
+            refresh_token: String::new(),
+            created: 1,
+            expiry: 0,
+        };
+        let s = Settings::resolve_in(dirs.clone(), &args(Some("foo")), None).unwrap();
+        assert_eq!(s.stored_token().unwrap(), None);
+        s.tokens().put("local", "micro", token("admin")).unwrap();
+        assert_eq!(s.stored_token().unwrap(), Some(("micro".to_string(), token("admin"))));
+        s.tokens().put("local", "foo", token("tenant")).unwrap();
+        assert_eq!(s.stored_token().unwrap(), Some(("foo".to_string(), token("tenant"))));
+        // A token without a refresh token is used as it is, without calling the server.
+        if std::env::var_os(env::MICRO_AUTH_TOKEN).is_none() {
+            assert_eq!(s.access_token().await.unwrap().as_deref(), Some("tenant-access"));
+        }
+    }
+
+    /// An auth service that accepts one refresh token, `good`, and rotates it.
+    struct MockAuth;
+
+    #[tonic::async_trait]
+    impl crate::proto::auth::auth_server::Auth for MockAuth {
+        async fn generate(
+            &self,
+            _: tonic::Request<crate::proto::auth::GenerateRequest>,
+        ) -> Result<tonic::Response<crate::proto::auth::GenerateResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented(""))
+        }
+        async fn inspect(
+            &self,
+            _: tonic::Request<crate::proto::auth::InspectRequest>,
+        ) -> Result<tonic::Response<crate::proto::auth::InspectResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented(""))
+        }
+        async fn token(
+            &self,
+            req: tonic::Request<crate::proto::auth::TokenRequest>,
+        ) -> Result<tonic::Response<crate::proto::auth::TokenResponse>, tonic::Status> {
+            let req = req.into_inner();
+            if req.refresh_token != "good" || req.options.map(|o| o.namespace).as_deref() != Some("micro") {
+                return Err(tonic::Status::unauthenticated("invalid token provided"));
+            }
+            let token = crate::proto::auth::Token {
+                access_token: "new-access".into(),
+                refresh_token: "good-2".into(),
+                created: unix_now(),
+                expiry: unix_now() + 900,
+            };
+            Ok(tonic::Response::new(crate::proto::auth::TokenResponse { token: Some(token) }))
+        }
+    }
+
+    async fn mock_auth_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(crate::proto::auth::auth_server::AuthServer::new(MockAuth))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    #[tokio::test]
+    async fn expiring_tokens_are_refreshed_or_dropped() {
+        if std::env::var_os(env::MICRO_AUTH_TOKEN).is_some() {
+            return;
+        }
+        let address = mock_auth_server().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let args = GlobalArgs { env: None, namespace: None, proxy: Some(address) };
+        let s = Settings::resolve_in(dirs(tmp.path()), &args, None).unwrap();
+        let expiring = |refresh: &str| StoredToken {
+            account_id: "admin".into(),
+            access_token: "old-access".into(),
+            refresh_token: refresh.into(),
+            created: unix_now() - 900,
+            expiry: unix_now() + 30,
+        };
+
+        // Not expiring: used as it is.
+        s.tokens().put("local", "micro", StoredToken { expiry: unix_now() + 600, ..expiring("bad") }).unwrap();
+        assert_eq!(s.access_token().await.unwrap().as_deref(), Some("old-access"));
+
+        // Expiring within a minute: refreshed, and the new pair saved.
+        s.tokens().put("local", "micro", expiring("good")).unwrap();
+        assert_eq!(s.access_token().await.unwrap().as_deref(), Some("new-access"));
+        let saved = s.tokens().get("local", "micro").unwrap().unwrap();
+        assert_eq!((saved.account_id.as_str(), saved.refresh_token.as_str()), ("admin", "good-2"));
+        assert!(saved.expiry > unix_now() + 600);
+
+        // A refused refresh token logs out.
+        s.tokens().put("local", "micro", expiring("bad")).unwrap();
+        assert_eq!(s.access_token().await.unwrap(), None);
+        assert_eq!(s.tokens().get("local", "micro").unwrap(), None);
+        let conn = s.connect_authed().await.unwrap();
+        assert!(!conn.has_token());
+
+        // An unreachable server keeps the old token.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let args = GlobalArgs { env: None, namespace: None, proxy: Some(closed) };
+        let s = Settings::resolve_in(dirs(tmp.path()), &args, None).unwrap();
+        s.tokens().put("local", "micro", expiring("good")).unwrap();
+        assert_eq!(s.access_token().await.unwrap().as_deref(), Some("old-access"));
+        let kept = s.tokens().get("local", "micro").unwrap().unwrap();
+        assert_eq!((kept.access_token.as_str(), kept.refresh_token.as_str()), ("old-access", "good"));
     }
 }

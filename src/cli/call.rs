@@ -45,7 +45,7 @@ pub fn parse_metadata(pairs: &[String]) -> Result<Vec<(String, String)>, CliErro
 
 /// Runs `micro call` / `micro stream`.
 pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
-    let conn = settings.connect()?;
+    let conn = settings.connect_authed().await?;
     let (service, schema) = dynamic::resolve(settings, &conn, &args.service, false).await?;
     let method = dynamic::find_endpoint(&service, schema.as_ref(), &args.endpoint)?;
     let first = if args.request.is_empty() {

@@ -463,7 +463,7 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
         .collect::<Result<_, _>>()?;
     let name = args[0].clone();
     let wants_help = args.iter().any(|a| a == "--help" || a == "-h");
-    let conn = settings.connect()?;
+    let conn = settings.connect_authed().await?;
     let (service, schema) = match resolve(settings, &conn, &name, wants_help).await {
         Ok(found) => found,
         Err(e) if e.status == ExitStatus::NotFound && e.message.starts_with("Service \"") => {

@@ -98,7 +98,7 @@ pub fn render(name: &str, services: &[Service]) -> String {
 /// Runs `micro get`.
 pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     let GetCommand::Service { name } = args.command;
-    let conn = settings.connect()?;
+    let conn = settings.connect_authed().await?;
     let ctx = RpcContext { address: settings.proxy.clone(), endpoint: "Registry.GetService".into() };
     let services = conn.get_service(&name).await.map_err(|s| from_status(&s, &ctx))?;
     let printer = Printer::new(settings.output, Output::Table);

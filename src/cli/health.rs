@@ -16,7 +16,7 @@ pub struct Args {
 
 /// Runs `micro health`.
 pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
-    let conn = settings.connect()?;
+    let conn = settings.connect_authed().await?;
     let ctx = RpcContext { address: settings.proxy.clone(), endpoint: "Health.Check".into() };
     let services = conn.get_service(&args.name).await.map_err(|s| from_status(&s, &ctx))?;
     let mut rows = Vec::new();

@@ -4,15 +4,19 @@
 //! is not a built-in command is a service name: [`dynamic`] builds its subcommands and flags from the service's
 //! protobuf schema.
 
+pub mod auth;
 pub mod call;
 pub mod completion;
 pub mod dynamic;
 pub mod env;
 pub mod get;
 pub mod health;
+pub mod login;
+pub mod logout;
 pub mod output;
 pub mod server;
 pub mod services;
+pub mod user;
 
 use crate::exit::{CliError, ExitStatus};
 use crate::settings::{GlobalArgs, Output, Settings};
@@ -59,6 +63,14 @@ pub enum Command {
     Get(get::Args),
     /// Check the health of each node of a service.
     Health(health::Args),
+    /// Log in to the current env and namespace; the token is saved and refreshed automatically.
+    Login(login::Args),
+    /// Log out of the current env and namespace.
+    Logout(logout::Args),
+    /// Print the logged-in account; manage its token, namespace, settings and password.
+    User(user::Args),
+    /// Manage accounts and access rules.
+    Auth(auth::Args),
     /// Print a shell completion script.
     Completion(completion::Args),
     /// A service name: `micro <service> [endpoint] [--flags]`.
@@ -90,6 +102,10 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Stream(args) => call::exec(&settings, args).await,
         Command::Get(args) => get::exec(&settings, args).await,
         Command::Health(args) => health::exec(&settings, args).await,
+        Command::Login(args) => login::exec(&settings, args).await,
+        Command::Logout(args) => logout::exec(&settings, args),
+        Command::User(args) => user::exec(&settings, args).await,
+        Command::Auth(args) => auth::exec(&settings, args).await,
         Command::Completion(args) => completion::exec(args),
         Command::Service(args) => dynamic::exec(&settings, args).await,
     }

@@ -10,7 +10,7 @@ pub struct Args {}
 
 /// Runs `micro services`.
 pub async fn exec(settings: &Settings, _args: Args) -> anyhow::Result<()> {
-    let conn = settings.connect()?;
+    let conn = settings.connect_authed().await?;
     let ctx = RpcContext { address: settings.proxy.clone(), endpoint: "Registry.ListServices".into() };
     let services = conn.list_services().await.map_err(|s| from_status(&s, &ctx))?;
     let printer = Printer::new(settings.output, Output::Table);

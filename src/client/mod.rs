@@ -1,8 +1,9 @@
-//! Everything that talks to a micro server: the connection to its proxy, the registry, dynamic calls and the
-//! on-disk schema cache. The CLI and the service library both sit on this layer.
+//! Everything that talks to a micro server: the connection to its proxy, the registry, dynamic calls, the
+//! on-disk schema cache and the CLI's token store. The CLI and the service library both sit on this layer.
 
 pub mod connection;
 pub mod dynamic;
 pub mod schema_cache;
+pub mod tokens;
 
 pub use connection::{ConnectError, Connection};
