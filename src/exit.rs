@@ -124,7 +124,12 @@ pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
             format!("Method name \"{}\" invalid format. Expecting service.endpoint", ctx.endpoint),
         ),
         Code::DeadlineExceeded => CliError::new(ExitStatus::Failure, "Request timed out"),
-        Code::Unauthenticated => CliError::new(ExitStatus::Unauthorized, "Not authorized to perform this request"),
+        Code::Unauthenticated if message.starts_with("invalid token") => {
+            CliError::new(ExitStatus::Unauthorized, format!("Not authorized: {message}. Run `micro login` again"))
+        }
+        Code::Unauthenticated => {
+            CliError::new(ExitStatus::Unauthorized, "Not authorized to perform this request. Run `micro login` first")
+        }
         Code::PermissionDenied => CliError::new(ExitStatus::Unauthorized, message),
         _ if message.is_empty() => CliError::new(ExitStatus::ServiceError, format!("{:?}", status.code())),
         _ => CliError::new(ExitStatus::ServiceError, message),
@@ -165,7 +170,11 @@ mod tests {
             (tonic::Status::not_found("service \"x\" not found"), 4, "Service \"x\" not found"),
             (tonic::Status::unimplemented(""), 5, "Service method \"Foo.Bar\" not found"),
             (tonic::Status::deadline_exceeded("late"), 1, "Request timed out"),
-            (tonic::Status::unauthenticated("no"), 2, "Not authorized to perform this request"),
+            (
+                tonic::Status::unauthenticated("no"),
+                2,
+                "Not authorized to perform this request. Run `micro login` first",
+            ),
             (tonic::Status::internal(r#"{"id":"x","code":500,"detail":"boom","status":"Internal"}"#), 127, "boom"),
             (
                 tonic::Status::invalid_argument("malformed method name: \"/x\""),

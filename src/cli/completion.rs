@@ -39,7 +39,9 @@ pub fn completion_command() -> clap::Command {
     let Ok(dirs) = crate::settings::Dirs::resolve() else { return cmd };
     let Ok(config) = dirs.load() else { return cmd };
     let env = crate::env::var(crate::env::MICRO_ENV).unwrap_or_else(|| config.current().to_string());
-    let namespace = crate::env::var(crate::env::MICRO_NAMESPACE).unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
+    let namespace = crate::env::var(crate::env::MICRO_NAMESPACE)
+        .or_else(|| config.namespace(&env).map(str::to_string))
+        .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
     let cache =
         crate::client::schema_cache::SchemaCache::new(&crate::settings::Settings::cache_root(&dirs), &env, &namespace);
     for service in cache.services() {

@@ -376,8 +376,14 @@ impl Auth {
 
     /// Verifies an access token: signature, expiry, and that its account still exists.
     pub fn verify(&self, token: &str) -> Result<Account, Status> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            let why = match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => "the token's signature does not match",
+                _ => "the token is malformed",
+            };
+            Status::unauthenticated(format!("invalid token: {why}"))
+        })?;
         let c = data.claims;
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         if !state.accounts.contains_key(&(c.iss.clone(), c.sub.clone())) {
