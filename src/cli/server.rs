@@ -53,12 +53,19 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
             args.proxy_address
         ))
     })?;
-    tracing::info!(api = %args.api_address, "the HTTP API gateway is not part of this build yet");
+    let api_listener = tokio::net::TcpListener::bind(&args.api_address).await.map_err(|e| {
+        CliError::failure(format!(
+            "cannot listen on {} for the API gateway ({e}); choose another address with --api-address",
+            args.api_address
+        ))
+    })?;
     let config = crate::server::ServerConfig {
         data_dir,
         prune_interval: args.prune_interval,
         admin_password: args.auth_admin_password,
     };
-    crate::server::serve(listener, config, crate::service::shutdown_signal()).await.context("micro server failed")?;
+    crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
+        .await
+        .context("micro server failed")?;
     Ok(())
 }

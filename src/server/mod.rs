@@ -5,6 +5,7 @@
 //! tracks every task it spawns so that shutdown is graceful.
 
 pub mod auth;
+pub mod gateway;
 pub mod proxy;
 pub mod registry;
 
@@ -108,9 +109,20 @@ fn core_schemas() -> Vec<Schema> {
     .collect()
 }
 
-/// Runs the server on `listener` (the gRPC proxy address) until `shutdown` resolves.
+/// Runs the server on `listener` (the gRPC proxy address) until `shutdown` resolves, without the HTTP API gateway.
 pub async fn serve(
     listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve_all(listener, None, config, shutdown).await
+}
+
+/// Runs the server: the gRPC proxy on `listener` and, when given, the HTTP API gateway on `api_listener`, until
+/// `shutdown` resolves.
+pub async fn serve_all(
+    listener: TcpListener,
+    api_listener: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -191,16 +203,42 @@ pub async fn serve(
     }
     tasks.spawn(proxy.clone().evict_removed_nodes(cancel.clone().cancelled_owned()));
 
+    // One shutdown signal for every listener.
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    let mut gateway_task = None;
+    if let Some(api) = api_listener {
+        let api_address = api.local_addr()?;
+        let gw = gateway::Gateway::new(proxy.clone(), registry.clone(), gateway::GatewayConfig::default());
+        tracing::info!(api = %api_address, "HTTP API gateway listening");
+        gateway_task = Some(tokio::spawn(gateway::serve(api, gw, stop.clone().cancelled_owned())));
+    }
     tracing::info!(proxy = %address, data_dir = %config.data_dir.display(), "micro server listening");
     let app = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let closing = cancel.clone();
-    let served = serve_grpc(app, incoming, shutdown, async move {
+    let served = serve_grpc(app, incoming, stop.clone().cancelled_owned(), async move {
         // Long-lived streams (watches) hold connections open: end them so connections can drain.
         closing.cancel();
     })
     .await;
     cancel.cancel();
+    stop.cancel();
+    if let Some(task) = gateway_task {
+        match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API gateway failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("the API gateway did not stop within {DRAIN_TIMEOUT:?}"),
+        }
+    }
     tasks.close();
     tasks.wait().await;
     tracing::info!("micro server stopped");

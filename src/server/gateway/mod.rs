@@ -270,7 +270,7 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
             .unwrap_or_default();
-        let form = content_type == "application/x-www-form-urlencoded";
+        let declared_form = content_type == "application/x-www-form-urlencoded";
         if content_type.starts_with("multipart/")
             || content_type.starts_with("application/grpc")
             || content_type.contains("proto")
@@ -283,6 +283,9 @@ impl Inner {
             ));
         }
         let body = read_body(body, id).await?;
+        // `curl -d '{…}'` labels JSON as a form: a body that looks like JSON is read as JSON.
+        let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{' || *b == b'[');
+        let form = declared_form && !looks_like_json;
         let input = request::Input { query: parts.uri.query().unwrap_or_default(), body: &body, form };
         let metadata = metadata(&parts.headers, &namespace, id)?;
         let format = stream::Format::for_accept(parts.headers.get(header::ACCEPT));
