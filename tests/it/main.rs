@@ -1,0 +1,15 @@
+//! Integration tests: a real `micro server` on a port of 127.0.0.1, the real `helloworld` and `echo` services, and
+//! the real `micro` binary, each in its own process with temporary directories (see [`support`]).
+//!
+//! Snapshots of CLI output live in `tests/it/snapshots/`; review changes with `INSTA_UPDATE=always cargo test` and a
+//! look at the `.snap` files (or `cargo insta review`).
+
+mod support;
+
+mod dynamic;
+mod errors;
+mod proxy;
+mod reflection;
+mod registry;
+mod services;
+mod streaming;

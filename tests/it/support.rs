@@ -1,0 +1,551 @@
+//! The harness: a real `micro server`, real services and the real `micro` binary, each in its own process.
+//!
+//! Every test starts its own [`Platform`] (a server on a port the OS picks, with a temporary data dir, HOME, config
+//! and cache dir), so tests run in parallel without sharing state. Every child process is owned by a [`Proc`] that
+//! kills it on drop, so a failing test leaves no orphans. Every wait is bounded by a deadline.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The longest any single step (a CLI run, a start-up, an RPC) may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Env vars a service gets to register with a short TTL (1 s) and heartbeat (300 ms).
+pub const SHORT_TTL: &[(&str, &str)] = &[("MICRO_REGISTER_TTL", "1s"), ("MICRO_REGISTER_INTERVAL", "300ms")];
+
+/// The `micro` binary under test.
+pub fn micro_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_micro"))
+}
+
+/// An example service binary (`helloworld`, `echo`), built once per test run next to the `micro` binary.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_examples).as_ref().unwrap_or_else(|e| panic!("{e}"));
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// `cargo build -p helloworld -p echo --bins` into the target dir and profile of the `micro` binary under test.
+fn build_examples() -> Result<PathBuf, String> {
+    let micro = micro_bin();
+    let bin_dir = micro.parent().ok_or("the micro binary has no parent dir")?.to_path_buf();
+    let target_dir = bin_dir.parent().ok_or("the micro binary's dir has no parent dir")?;
+    let profile = bin_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_string();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--bins", "-p", "helloworld", "-p", "echo", "--target-dir"])
+        .arg(target_dir)
+        .stdin(Stdio::null());
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run cargo to build the example services: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the example services failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for name in ["helloworld", "echo"] {
+        let bin = bin_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        if !bin.is_file() {
+            return Err(format!("cargo built the examples but {} is missing", bin.display()));
+        }
+    }
+    Ok(bin_dir)
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped. Its stderr is kept for diagnostics.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr captured; each stderr line is also sent to `lines` if given.
+    fn spawn(name: &str, mut cmd: Command, lines: Option<mpsc::Sender<String>>) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(tx) = &lines {
+                    let _ = tx.send(line.clone());
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Proc { name: name.to_string(), child, log }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Kills the process with SIGKILL (no deregistration) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.name, self.child.id())
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running `micro server` with its own temporary directories, plus the services started on it.
+pub struct Platform {
+    /// The proxy address, `127.0.0.1:PORT`.
+    pub addr: String,
+    // Field order is drop order: services stop before the server, the temp dir goes last.
+    services: Vec<Proc>,
+    server: Proc,
+    dirs: Dirs,
+    token: OnceLock<String>,
+}
+
+/// The default admin account of a fresh server: name and password.
+pub const ADMIN: (&str, &str) = ("admin", "micro");
+
+/// Adds `authorization: Bearer TOKEN` to every request (a standard header, not a micro routing header).
+#[derive(Clone, Debug)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+impl Platform {
+    /// Starts a server and waits until its proxy answers.
+    pub fn start() -> Platform {
+        let dirs = Dirs::new();
+        let mut cmd = Command::new(micro_bin());
+        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--prune-interval", "100ms", "--data-dir"])
+            .arg(dirs.root.path().join("data"));
+        clean_env(&mut cmd);
+        cmd.env("HOME", dirs.home()).env("MICRO_LOG_LEVEL", "info");
+        let (tx, rx) = mpsc::channel();
+        let mut server = Proc::spawn("micro server", cmd, Some(tx));
+        let deadline = Instant::now() + DEADLINE;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    if let Some(addr) = listening_address(&line) {
+                        break addr;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("micro server exited before listening: {:?}\n{}", server.exited(), server.log())
+                }
+            }
+            assert!(Instant::now() < deadline, "micro server did not log its address in time:\n{}", server.log());
+        };
+        let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new() };
+        platform.wait_until("the proxy answers", |p| p.micro(["services"]).code == 0);
+        // Calls to services need an account: the CLI logs in as the default admin (registry reads and reflection
+        // are public, so those work either way).
+        let login = platform.cli(["login", "--username", ADMIN.0, "--password-stdin"]).stdin(ADMIN.1).run().ok();
+        assert_eq!(login.stdout, "Successfully logged in.\n", "{}", login.snapshot());
+        platform.token();
+        platform
+    }
+
+    /// The access token of the logged-in admin (`micro user token`).
+    pub fn token(&self) -> &str {
+        self.token.get_or_init(|| {
+            let run = self.micro(["user", "token"]).ok();
+            let token = run.stdout.trim().to_string();
+            assert!(!token.is_empty(), "{}", run.snapshot());
+            token
+        })
+    }
+
+    /// An interceptor that sends the admin's token, for generated clients:
+    /// `HelloworldClient::with_interceptor(channel, p.bearer())`.
+    pub fn bearer(&self) -> Bearer {
+        Bearer(format!("Bearer {}", self.token()).parse().expect("a token is ASCII"))
+    }
+
+    /// Starts a server and the given example services, waiting until each is registered.
+    pub fn with(services: &[&str]) -> Platform {
+        let mut platform = Platform::start();
+        for name in services {
+            platform.start_service(name);
+        }
+        platform
+    }
+
+    /// Starts an example service owned by the platform and waits until it is registered.
+    pub fn start_service(&mut self, name: &str) {
+        let service = self.spawn_service(name, &[]);
+        self.services.push(service);
+    }
+
+    /// Starts an example service owned by the caller (extra env vars such as [`SHORT_TTL`]) and waits until it is
+    /// registered.
+    pub fn spawn_service(&self, name: &str, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(example_bin(name));
+        clean_env(&mut cmd);
+        cmd.env("HOME", self.dirs.home()).env("MICRO_PROXY", &self.addr).env("MICRO_LOG_LEVEL", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut service = Proc::spawn(name, cmd, None);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.service_names().iter().any(|s| s == name) {
+                return service;
+            }
+            if let Some(status) = service.exited() {
+                panic!("{name} exited ({status}) before registering:\n{}", service.log());
+            }
+            assert!(Instant::now() < deadline, "{name} did not register in time:\n{}", service.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn server_log(&self) -> String {
+        self.server.log()
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill_server(&mut self) {
+        self.server.kill();
+    }
+
+    /// `micro services`, as a list of names (empty when it fails).
+    pub fn service_names(&self) -> Vec<String> {
+        let run = self.micro(["services"]);
+        if run.code != 0 {
+            return Vec::new();
+        }
+        run.stdout.lines().map(str::to_string).collect()
+    }
+
+    /// Polls `ready` every 50 ms until it holds, failing the test after [`DEADLINE`].
+    pub fn wait_until(&self, what: &str, mut ready: impl FnMut(&Platform) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !ready(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}; server log:\n{}", self.server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `micro` CLI, configured for this platform.
+    pub fn cli<I, S>(&self, args: I) -> Cli
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Cli::new(&self.addr, &self.dirs, args)
+    }
+
+    /// Runs the `micro` CLI with `args` and no stdin.
+    pub fn micro<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.cli(args).run()
+    }
+
+    /// A path inside the platform's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dirs.root.path().join(name)
+    }
+
+    /// The gRPC URL of the proxy, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The temporary directories of one platform (or one CLI run without a server).
+pub struct Dirs {
+    root: tempfile::TempDir,
+}
+
+impl Dirs {
+    /// Fresh, empty directories.
+    pub fn new() -> Dirs {
+        let root = tempfile::Builder::new().prefix("micro-it-").tempdir().expect("create a temp dir");
+        for sub in ["home", "config", "cache"] {
+            std::fs::create_dir_all(root.path().join(sub)).expect("create a temp subdir");
+        }
+        Dirs { root }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    /// The root of the directories.
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+/// Removes every inherited variable that would change what micro does.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("MICRO_")
+            || matches!(key, "RUST_LOG" | "CLICOLOR_FORCE" | "CLICOLOR" | "NO_COLOR" | "COMPLETE" | "COLUMNS")
+        {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// Parses `micro server listening proxy=127.0.0.1:PORT` from a server log line.
+fn listening_address(line: &str) -> Option<String> {
+    let rest = line.split("micro server listening").nth(1)?;
+    let value = rest.split_whitespace().find_map(|kv| kv.strip_prefix("proxy="))?;
+    Some(value.to_string())
+}
+
+/// One invocation of the `micro` CLI, with its environment isolated from the user's.
+pub struct Cli {
+    cmd: Command,
+    line: String,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cli {
+    /// `micro ARGS` against the proxy at `addr`, with HOME, config and cache in `dirs`.
+    pub fn new<I, S>(addr: &str, dirs: &Dirs, args: I) -> Cli
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        let mut cmd = Command::new(micro_bin());
+        cmd.args(&args);
+        clean_env(&mut cmd);
+        cmd.env("HOME", dirs.home())
+            .env("MICRO_CONFIG_DIR", dirs.path().join("config"))
+            .env("MICRO_CACHE_DIR", dirs.path().join("cache"))
+            .env("MICRO_PROXY", addr)
+            .env("COLUMNS", "100");
+        let line = std::iter::once("micro".to_string()).chain(args.iter().map(|a| shell_word(a))).collect::<Vec<_>>();
+        Cli { cmd, line: line.join(" "), stdin: None }
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Cli {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, key: &str) -> Cli {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    /// Feeds `input` on stdin (else stdin is empty).
+    pub fn stdin(mut self, input: &str) -> Cli {
+        self.stdin = Some(input.as_bytes().to_vec());
+        self
+    }
+
+    /// Runs the command to completion (killed after [`DEADLINE`]).
+    pub fn run(mut self) -> Run {
+        self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{}`: {e}", self.line));
+        let mut child = Proc { name: self.line.clone(), child, log: Default::default() };
+        let mut stdin = child.child.stdin.take().expect("stdin is piped");
+        let input = self.stdin.take().unwrap_or_default();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+            // Dropping stdin closes it: the end of the input.
+        });
+        let stdout = read_all(child.child.stdout.take().expect("stdout is piped"));
+        let stderr = read_all(child.child.stderr.take().expect("stderr is piped"));
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.exited() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                child.kill();
+                panic!("`{}` did not finish within {DEADLINE:?}", self.line);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = writer.join();
+        Run {
+            line: self.line,
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
+    }
+}
+
+fn read_all(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = from.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn shell_word(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c)) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// The outcome of a CLI run.
+#[derive(Debug)]
+pub struct Run {
+    /// The command line, for messages.
+    pub line: String,
+    /// The exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns self.
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "`{}` failed:\n{}", self.line, self.snapshot());
+        self
+    }
+
+    /// Asserts the exit code and returns self.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "`{}` exited with an unexpected code:\n{}", self.line, self.snapshot());
+        self
+    }
+
+    /// Stdout as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("`{}` printed no JSON document ({e}):\n{}", self.line, self.snapshot()))
+    }
+
+    /// Stdout as a sequence of JSON documents.
+    #[track_caller]
+    pub fn json_docs(&self) -> Vec<Value> {
+        serde_json::Deserializer::from_str(&self.stdout)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("`{}` printed bad JSON ({e}):\n{}", self.line, self.snapshot()))
+    }
+
+    /// The whole outcome as one text: the command, the exit code, stdout and stderr.
+    pub fn snapshot(&self) -> String {
+        format!("$ {}\nexit: {}\n--- stdout ---\n{}--- stderr ---\n{}", self.line, self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Insta settings for CLI snapshots: ports, node ids, temp paths and timestamps are replaced by placeholders.
+/// Bind them for the scope of a test: `let _s = snapshot_settings().bind_to_scope();`.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(true);
+    settings.set_omit_expression(true);
+    settings.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    settings.add_filter(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "[UUID]");
+    settings.add_filter(r"[^\s'\x22]*micro-it-[0-9A-Za-z]+", "[TMP]");
+    settings.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z", "[TIMESTAMP]");
+    settings
+}
+
+/// Runs `future` on a fresh multi-threaded runtime, failing after [`DEADLINE`].
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = runtime();
+    runtime.block_on(async move { tokio::time::timeout(DEADLINE, future).await.expect("the test timed out") })
+}
+
+/// A multi-threaded tokio runtime for gRPC clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime")
+}
+
+/// A tonic channel to the proxy.
+pub async fn channel(platform: &Platform) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(platform.url())
+        .expect("a valid URL")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", platform.addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_server_log_line() {
+        let line = "2024-01-01T00:00:00.000000Z  INFO micro::server: micro server listening proxy=127.0.0.1:4321 \
+                    data_dir=/tmp/x";
+        assert_eq!(listening_address(line).as_deref(), Some("127.0.0.1:4321"));
+        assert_eq!(listening_address("INFO something else proxy=1.2.3.4:5"), None);
+    }
+
+    #[test]
+    fn quotes_shell_words() {
+        assert_eq!(shell_word("--name=Jane"), "--name=Jane");
+        assert_eq!(shell_word(r#"{"name":"John"}"#), r#"'{"name":"John"}'"#);
+    }
+}
