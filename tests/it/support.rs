@@ -166,7 +166,8 @@ impl Platform {
     pub fn start() -> Platform {
         let dirs = Dirs::new();
         let mut cmd = Command::new(micro_bin());
-        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--prune-interval", "100ms", "--data-dir"])
+        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0"])
+            .args(["--prune-interval", "100ms", "--data-dir"])
             .arg(dirs.root.path().join("data"));
         clean_env(&mut cmd);
         cmd.env("HOME", dirs.home()).env("MICRO_LOG_LEVEL", "info");
