@@ -128,3 +128,15 @@ fn an_unknown_env_is_invalid_input() {
     let run = p.cli(["services"]).env("MICRO_ENV", "nowhere").env_remove("MICRO_PROXY").run().code(128);
     assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
 }
+
+#[test]
+#[ignore = "blocked by src bugs: a client-side deadline is reported by tonic as CANCELLED \"Timeout expired\", which \
+            src/exit.rs maps to exit 127; and the CLI then waits for stdin to close before exiting (src/main.rs)"]
+fn a_request_that_times_out_exits_1() {
+    let p = Platform::with(&["echo"]);
+    // Collect answers only when its input ends; stdin stays open, so only the deadline can end the call.
+    let run =
+        p.cli(["call", "echo", "Echo.Collect", "--timeout", "300ms"]).stdin("{\"text\":\"a\"}\n").hold_stdin().run();
+    let run = run.code(1);
+    assert!(run.stderr.contains("Request timed out"), "{}", run.stderr);
+}

@@ -359,6 +359,7 @@ pub struct Cli {
     cmd: Command,
     line: String,
     stdin: Option<Vec<u8>>,
+    hold_stdin: bool,
 }
 
 impl Cli {
@@ -378,7 +379,7 @@ impl Cli {
             .env("MICRO_PROXY", addr)
             .env("COLUMNS", "100");
         let line = std::iter::once("micro".to_string()).chain(args.iter().map(|a| shell_word(a))).collect::<Vec<_>>();
-        Cli { cmd, line: line.join(" "), stdin: None }
+        Cli { cmd, line: line.join(" "), stdin: None, hold_stdin: false }
     }
 
     /// Sets an environment variable.
@@ -399,6 +400,12 @@ impl Cli {
         self
     }
 
+    /// Keeps stdin open (after the input) until the command exits, as a terminal would.
+    pub fn hold_stdin(mut self) -> Cli {
+        self.hold_stdin = true;
+        self
+    }
+
     /// Runs the command to completion (killed after [`DEADLINE`]).
     pub fn run(mut self) -> Run {
         self.cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -406,8 +413,15 @@ impl Cli {
         let mut child = Proc { name: self.line.clone(), child, log: Default::default() };
         let mut stdin = child.child.stdin.take().expect("stdin is piped");
         let input = self.stdin.take().unwrap_or_default();
+        let (release, released) = mpsc::channel::<()>();
+        let hold = self.hold_stdin;
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
+            let _ = stdin.flush();
+            if hold {
+                // Returns when `release` is dropped, after the command exits.
+                let _ = released.recv();
+            }
             // Dropping stdin closes it: the end of the input.
         });
         let stdout = read_all(child.child.stdout.take().expect("stdout is piped"));
@@ -419,10 +433,16 @@ impl Cli {
             }
             if Instant::now() >= deadline {
                 child.kill();
-                panic!("`{}` did not finish within {DEADLINE:?}", self.line);
+                drop(release);
+                let (out, err) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+                panic!(
+                    "`{}` did not finish within {DEADLINE:?}\n--- stdout ---\n{out}--- stderr ---\n{err}",
+                    self.line
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        drop(release);
         let _ = writer.join();
         Run {
             line: self.line,
