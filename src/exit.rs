@@ -124,6 +124,10 @@ pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
             format!("Method name \"{}\" invalid format. Expecting service.endpoint", ctx.endpoint),
         ),
         Code::DeadlineExceeded => CliError::new(ExitStatus::Failure, "Request timed out"),
+        // tonic reports a client-side deadline as CANCELLED "Timeout expired".
+        Code::Cancelled if message.contains("Timeout expired") => {
+            CliError::new(ExitStatus::Failure, "Request timed out")
+        }
         Code::Unauthenticated if message.starts_with("invalid token") => {
             CliError::new(ExitStatus::Unauthorized, format!("Not authorized: {message}. Run `micro login` again"))
         }
@@ -170,6 +174,7 @@ mod tests {
             (tonic::Status::not_found("service \"x\" not found"), 4, "Service \"x\" not found"),
             (tonic::Status::unimplemented(""), 5, "Service method \"Foo.Bar\" not found"),
             (tonic::Status::deadline_exceeded("late"), 1, "Request timed out"),
+            (tonic::Status::cancelled("Timeout expired"), 1, "Request timed out"),
             (
                 tonic::Status::unauthenticated("no"),
                 2,

@@ -27,7 +27,10 @@ fn main() -> ExitCode {
             return ExitStatus::Failure.into();
         }
     };
-    match runtime.block_on(cli::exec(cli)) {
+    let outcome = runtime.block_on(cli::exec(cli));
+    // Do not wait for blocking reads (stdin of a stream) that will never finish.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitStatus::Success.into(),
         Err(err) => {
             let (status, message) = exit::classify(&err);

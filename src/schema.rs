@@ -86,16 +86,28 @@ pub fn endpoint(method: &MethodDescriptor) -> Endpoint {
 }
 
 /// Micro's `Value` tree of a message: its fields, with nested messages expanded (to a limited depth).
+/// A recursive type is expanded once: its second appearance on a path shows only its type name.
 pub fn value_tree(message: &MessageDescriptor) -> Value {
-    Value { name: message.name().to_string(), r#type: message.name().to_string(), values: fields(message, 1) }
+    let mut path = vec![message.full_name().to_string()];
+    Value { name: message.name().to_string(), r#type: message.name().to_string(), values: fields(message, &mut path) }
 }
 
-fn fields(message: &MessageDescriptor, depth: usize) -> Vec<Value> {
+fn fields(message: &MessageDescriptor, path: &mut Vec<String>) -> Vec<Value> {
     message
         .fields()
         .map(|f| {
             let values = match f.kind() {
-                Kind::Message(m) if !f.is_map() && !is_well_known(&m) && depth < MAX_DEPTH => fields(&m, depth + 1),
+                Kind::Message(m)
+                    if !f.is_map()
+                        && !is_well_known(&m)
+                        && path.len() < MAX_DEPTH
+                        && !path.iter().any(|p| p == m.full_name()) =>
+                {
+                    path.push(m.full_name().to_string());
+                    let v = fields(&m, path);
+                    path.pop();
+                    v
+                }
                 _ => Vec::new(),
             };
             Value { name: f.name().to_string(), r#type: type_name(&f), values }

@@ -325,14 +325,26 @@ impl Settings {
         }
     }
 
-    /// The schema cache of this env and namespace.
+    /// The schema cache of this env, proxy address and namespace.
     pub fn schema_cache(&self) -> crate::client::schema_cache::SchemaCache {
-        crate::client::schema_cache::SchemaCache::new(&self.dirs.cache.join("schemas"), &self.env, &self.namespace)
+        crate::client::schema_cache::SchemaCache::new(
+            &self.dirs.cache,
+            &cache_key(&self.env, &self.proxy),
+            &self.namespace,
+        )
     }
+}
 
+/// The key of a schema cache: the env and the address it points at, so that `MICRO_PROXY` pointing elsewhere never
+/// mixes two servers' services.
+pub fn cache_key(env: &str, proxy: &str) -> String {
+    format!("{env}@{proxy}")
+}
+
+impl Settings {
     /// The cache root, for completion.
     pub fn cache_root(dirs: &Dirs) -> PathBuf {
-        dirs.cache.join("schemas")
+        dirs.cache.clone()
     }
 }
 

@@ -42,14 +42,20 @@ pub fn completion_command() -> clap::Command {
     let namespace = crate::env::var(crate::env::MICRO_NAMESPACE)
         .or_else(|| config.namespace(&env).map(str::to_string))
         .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
-    let cache =
-        crate::client::schema_cache::SchemaCache::new(&crate::settings::Settings::cache_root(&dirs), &env, &namespace);
+    let proxy = crate::env::var(crate::env::MICRO_PROXY)
+        .or_else(|| config.all_envs().get(&env).map(|e| e.proxy_address.clone()))
+        .unwrap_or_default();
+    let cache = crate::client::schema_cache::SchemaCache::new(
+        &crate::settings::Settings::cache_root(&dirs),
+        &crate::settings::cache_key(&env, &proxy),
+        &namespace,
+    );
     for service in cache.services() {
         if cmd.find_subcommand(&service.name).is_some() {
             continue;
         }
         let Some(schema) = service.schema.as_ref().and_then(|s| cache.schema(&s.hash)) else { continue };
-        cmd = cmd.subcommand(super::dynamic::service_command(&service, &schema));
+        cmd = cmd.subcommand(super::dynamic::service_command(&service, &schema, true));
     }
     cmd
 }

@@ -152,8 +152,13 @@ fn word_command(word: &str, original: &str) -> Command {
     cmd
 }
 
-/// The clap command of a service: one subcommand per endpoint, with typed flags.
-pub fn service_command(service: &Service, schema: &Schema) -> Command {
+/// The flags of the root command that reach every subcommand (global flags); under the root, fields with these
+/// names get no flag.
+const ROOT_GLOBALS: &[&str] = &["env", "namespace", "proxy", "output"];
+
+/// The clap command of a service: one subcommand per endpoint, with typed flags. `under_root` builds it as a
+/// subcommand of the root command (for completion), whose global flags it must not repeat.
+pub fn service_command(service: &Service, schema: &Schema, under_root: bool) -> Command {
     let mut about = format!("Call the {} service", service.name);
     if let Some(c) = schema
         .pool
@@ -169,7 +174,7 @@ pub fn service_command(service: &Service, schema: &Schema) -> Command {
         .subcommand_required(false)
         .disable_help_subcommand(true);
     for route in routes(service, schema) {
-        let leaf = endpoint_command(&route.words[route.words.len() - 1], &route.method);
+        let leaf = endpoint_command(&route.words[route.words.len() - 1], &route.method, under_root);
         if route.words.len() == 1 {
             cmd = cmd.subcommand(leaf);
         } else {
@@ -195,7 +200,7 @@ pub fn service_command(service: &Service, schema: &Schema) -> Command {
 }
 
 /// The command of one endpoint: a flag per request field (nested messages flattened).
-pub fn endpoint_command(word: &str, method: &MethodDescriptor) -> Command {
+pub fn endpoint_command(word: &str, method: &MethodDescriptor, under_root: bool) -> Command {
     let mut about = schema::method_comment(method).unwrap_or_else(|| schema::endpoint_name(method));
     if method.is_client_streaming() {
         about.push_str(" (reads JSON requests from stdin, one per line, when no flag is given)");
@@ -204,8 +209,11 @@ pub fn endpoint_command(word: &str, method: &MethodDescriptor) -> Command {
     }
     let mut cmd = word_command(word, method.name()).about(about);
     let mut used: HashSet<String> = ["help".to_string()].into();
+    if under_root {
+        used.extend(ROOT_GLOBALS.iter().map(|g| g.to_string()));
+    }
     let input = method.input();
-    if !input.fields().any(|f| f.name() == "output") {
+    if !under_root && !input.fields().any(|f| f.name() == "output") {
         used.insert("output".into());
         cmd = cmd.arg(
             Arg::new("micro::output")
@@ -369,9 +377,12 @@ fn scalar_json(kind: &Kind, flag: &str, raw: &str) -> Result<Value, CliError> {
         }
         Kind::Message(m) => match m.full_name() {
             "google.protobuf.Timestamp" => {
-                let t = humantime::parse_rfc3339_weak(raw.trim())
-                    .map_err(|_| bad("an RFC 3339 timestamp such as 2024-01-02T15:04:05Z"))?;
-                Value::String(humantime::format_rfc3339_nanos(t).to_string())
+                // The proto3 JSON mapping itself decides: RFC 3339 with `Z` or an offset.
+                let value = Value::String(raw.trim().to_string());
+                DynamicMessage::deserialize(m.clone(), value.clone()).map_err(|_| {
+                    bad("an RFC 3339 timestamp such as 2024-01-02T15:04:05Z or 2024-01-02T17:04:05+02:00")
+                })?;
+                value
             }
             "google.protobuf.Duration" => {
                 Value::String(parse_duration(raw.trim()).ok_or_else(|| bad("a duration such as 5s, 1m30s or 250ms"))?)
@@ -480,7 +491,7 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
         ))
         .into());
     };
-    let cmd = service_command(&service, &schema).bin_name(format!("micro {name}"));
+    let cmd = service_command(&service, &schema, false).bin_name(format!("micro {name}"));
     let mut argv = args.clone();
     // A bare service name (or only flags) means its Call endpoint.
     let first_word = argv.get(1).map(String::as_str);
@@ -596,8 +607,17 @@ pub async fn invoke(
         Ok(Err(status)) => return Err(from_status(&status, &ctx).into()),
         Err(e) => return Err(CliError::input(e.to_string()).into()),
     };
+    // The deadline bounds the whole call, streams included, not only the wait for response headers.
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        match responses.message().await {
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, responses.message()).await {
+                Ok(next) => next,
+                Err(_) => return Err(CliError::failure("Request timed out").into()),
+            },
+            None => responses.message().await,
+        };
+        match next {
             Ok(Some(message)) => printer.json(&message_to_json(&message))?,
             Ok(None) => break,
             Err(status) => return Err(from_status(&status, &ctx).into()),
@@ -689,7 +709,7 @@ mod tests {
             endpoints: schema::endpoints(&schema.pool, ["registry.Registry"]),
             ..Default::default()
         };
-        let cmd = service_command(&service, &schema);
+        let cmd = service_command(&service, &schema, false);
         let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         assert!(names.contains(&"get-service"), "{names:?}");
         let matches = cmd

@@ -258,8 +258,6 @@ fn yaml_output() {
 }
 
 #[test]
-#[ignore = "blocked by a src bug: src/cli/dynamic.rs parses Timestamp flags with humantime::parse_rfc3339_weak, \
-            which refuses RFC 3339 offsets other than Z"]
 fn timestamps_with_an_offset() {
     let p = Platform::with(&["echo"]);
     assert_eq!(echo(&p, &["--when", "2024-01-02T17:04:05+02:00"])["when"], "2024-01-02T15:04:05Z");

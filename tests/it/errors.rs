@@ -130,8 +130,6 @@ fn an_unknown_env_is_invalid_input() {
 }
 
 #[test]
-#[ignore = "blocked by src bugs: a client-side deadline is reported by tonic as CANCELLED \"Timeout expired\", which \
-            src/exit.rs maps to exit 127; and the CLI then waits for stdin to close before exiting (src/main.rs)"]
 fn a_request_that_times_out_exits_1() {
     let p = Platform::with(&["echo"]);
     // Collect answers only when its input ends; stdin stays open, so only the deadline can end the call.

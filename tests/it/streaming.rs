@@ -69,8 +69,6 @@ fn client_stream_reads_json_lines_from_stdin() {
 }
 
 #[test]
-#[ignore = "blocked by src bugs: --timeout bounds only the wait for response headers, not the stream \
-            (src/cli/dynamic.rs invoke), and the CLI waits for stdin to close before exiting (src/main.rs)"]
 fn the_deadline_bounds_a_whole_stream() {
     let p = Platform::with(&["helloworld"]);
     // A bidi stream whose stdin stays open, as on a terminal: only the deadline can end it.

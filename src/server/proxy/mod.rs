@@ -25,6 +25,8 @@ use tower::{Service, ServiceExt};
 pub const SERVICE_HEADER: &str = "micro-service";
 /// The metadata key that pins a call to one node id of the target service.
 pub const NODE_HEADER: &str = "micro-node";
+/// How long a node that could not be reached is avoided while its service has other nodes.
+pub const FAILED_NODE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Routes and forwards requests. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +44,9 @@ struct Inner {
     core_grpc: HashSet<String>,
     channels: RwLock<HashMap<String, Channel>>,
     next: AtomicUsize,
+    /// Nodes whose last forward failed to connect, and when; skipped for [`FAILED_NODE_BACKOFF`] while other nodes
+    /// of the service remain.
+    failed: RwLock<HashMap<String, std::time::Instant>>,
     /// Enforces auth on every request when set.
     auth: Option<Arc<Auth>>,
 }
@@ -62,6 +67,7 @@ impl Proxy {
                 core_grpc: core_grpc.into_iter().collect(),
                 channels: RwLock::new(HashMap::new()),
                 next: AtomicUsize::new(0),
+                failed: RwLock::new(HashMap::new()),
                 auth: None,
             }),
         }
@@ -82,6 +88,7 @@ impl Proxy {
                 core_grpc: shared.core_grpc.clone(),
                 channels: RwLock::new(HashMap::new()),
                 next: AtomicUsize::new(0),
+                failed: RwLock::new(HashMap::new()),
                 auth: Some(auth),
             },
         };
@@ -98,7 +105,9 @@ impl Proxy {
                 change = changes.recv() => match change {
                     Ok(change) if !change.removed.is_empty() => {
                         let mut channels = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
+                        let mut failed = self.inner.failed.write().unwrap_or_else(|e| e.into_inner());
                         for addr in &change.removed {
+                            failed.remove(addr);
                             if channels.remove(addr).is_some() {
                                 tracing::debug!(%addr, "dropped channel of removed node");
                             }
@@ -156,6 +165,11 @@ impl Proxy {
                     Ok(rsp) => rsp.map(Body::new),
                     Err(e) => {
                         tracing::debug!(service = %name, %address, error = %e, "forwarding failed");
+                        self.inner
+                            .failed
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(address.clone(), std::time::Instant::now());
                         Status::unavailable(format!("service \"{name}\" at {address} is unavailable: {e}")).into_http()
                     }
                 }
@@ -235,12 +249,26 @@ impl Proxy {
                 Some((addr, _)) => addr.clone(),
                 None => return Err(Status::not_found(format!("node \"{id}\" of service \"{name}\" not found"))),
             },
-            None => {
-                let i = inner.next.fetch_add(1, Ordering::Relaxed) % route.nodes.len();
-                route.nodes[i].0.clone()
-            }
+            None => self.pick(&route.nodes),
         };
         Ok(Target::Node { name, address, req })
+    }
+}
+
+impl Proxy {
+    /// Round robin over the nodes, skipping nodes that recently failed while another node is left.
+    fn pick(&self, nodes: &[(String, String)]) -> String {
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let failed = self.inner.failed.read().unwrap_or_else(|e| e.into_inner());
+        if failed.is_empty() || nodes.len() == 1 {
+            return nodes[start % nodes.len()].0.clone();
+        }
+        let now = std::time::Instant::now();
+        (0..nodes.len())
+            .map(|k| &nodes[(start + k) % nodes.len()].0)
+            .find(|addr| failed.get(*addr).is_none_or(|at| now.duration_since(*at) > FAILED_NODE_BACKOFF))
+            .unwrap_or(&nodes[start % nodes.len()].0)
+            .clone()
     }
 }
 

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 /// The metadata key that carries the caller's namespace.
 pub const NAMESPACE_HEADER: &str = "micro-namespace";
+/// Node metadata naming the account that registered the node (empty for the anonymous local loop).
+pub const OWNER_KEY: &str = "micro.owner";
 
 /// The gRPC registry service over a backend.
 #[derive(Clone)]
@@ -56,18 +58,37 @@ impl<B: RegistryBackend> RegistryService<B> {
         Ok(())
     }
 
-    fn check_write<T>(&self, req: &Request<T>, domain: &str) -> Result<(), Status> {
+    /// Checks that the caller may register or deregister `service`'s nodes in `domain`, and returns the owner to
+    /// record on its nodes. A node belongs to whoever registered it: nobody else but an administrator may replace
+    /// or remove it.
+    fn check_write(&self, req: &Request<Service>, domain: &str) -> Result<Option<String>, Status> {
         if !self.enforce {
-            return Ok(());
+            return Ok(None);
         }
         let caller = Caller::of(req);
-        match &caller.account {
-            None if caller.loopback => Ok(()),
-            None => Err(Status::unauthenticated(
-                "registering a service needs a service account (MICRO_AUTH_ID / MICRO_AUTH_SECRET) from a remote host",
-            )),
-            Some(_) => caller.require_admin(domain).map(|_| ()),
+        let owner = match &caller.account {
+            None if caller.loopback => String::new(),
+            None => {
+                return Err(Status::unauthenticated(
+                    "registering a service needs a service account (MICRO_AUTH_ID / MICRO_AUTH_SECRET) from a remote host",
+                ));
+            }
+            Some(a) => {
+                caller.require_admin(domain)?;
+                format!("{}@{}", a.id, a.issuer)
+            }
+        };
+        let admin = caller.account.as_ref().is_some_and(|a| a.administers(domain));
+        let wanted: Vec<&str> = req.get_ref().nodes.iter().map(|n| n.id.as_str()).collect();
+        for existing in self.backend.get(domain, &req.get_ref().name) {
+            for node in existing.nodes.iter().filter(|n| wanted.contains(&n.id.as_str())) {
+                let current = node.metadata.get(OWNER_KEY).map(String::as_str).unwrap_or_default();
+                if current != owner && !admin {
+                    return Err(Status::permission_denied(format!("node {} belongs to another account", node.id)));
+                }
+            }
         }
+        Ok(Some(owner))
     }
 }
 
@@ -110,13 +131,18 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn register(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
-        self.check_write(&req, &domain)?;
+        let owner = self.check_write(&req, &domain)?;
         let ttl = req.get_ref().options.as_ref().map(|o| o.ttl).unwrap_or(0);
         if ttl < 0 {
             return Err(Status::invalid_argument(format!("ttl must not be negative, got {ttl}")));
         }
         let backend = self.backend.clone();
-        let service = req.into_inner();
+        let mut service = req.into_inner();
+        if let Some(owner) = owner {
+            for node in &mut service.nodes {
+                node.metadata.insert(OWNER_KEY.to_string(), owner.clone());
+            }
+        }
         // Registration decodes descriptor sets: keep that off the async workers.
         tokio::task::spawn_blocking(move || backend.register(&domain, service, Duration::from_secs(ttl as u64)))
             .await
