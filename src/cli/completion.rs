@@ -59,3 +59,35 @@ pub fn completion_command() -> clap::Command {
     }
     cmd
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripts in `completions/` are what `micro completion SHELL` prints; regenerate them with
+    /// `for s in bash zsh fish elvish powershell; do micro completion $s > …; done` when this fails.
+    #[test]
+    fn checked_in_scripts_are_up_to_date() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("completions");
+        for (shell, file) in [
+            ("bash", "micro.bash"),
+            ("zsh", "_micro"),
+            ("fish", "micro.fish"),
+            ("elvish", "micro.elv"),
+            ("powershell", "_micro.ps1"),
+        ] {
+            let expected = script(shell).unwrap();
+            let actual = std::fs::read(dir.join(file)).unwrap_or_default();
+            assert!(
+                actual == expected,
+                "completions/{file} is stale: run `micro completion {shell} > completions/{file}`"
+            );
+        }
+    }
+
+    #[test]
+    fn the_completion_tree_is_valid() {
+        // clap's debug assertions catch duplicate flags between the root and cached services.
+        completion_command().debug_assert();
+    }
+}

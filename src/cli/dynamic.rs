@@ -702,6 +702,21 @@ mod tests {
     }
 
     #[test]
+    fn services_fit_under_the_root_for_completion() {
+        let schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut root = crate::cli::command();
+        for (name, grpc) in
+            [("registry", vec!["registry.Registry"]), ("authsvc", vec!["auth.Auth", "auth.Accounts", "auth.Rules"])]
+        {
+            let service =
+                Service { name: name.into(), endpoints: schema::endpoints(&schema.pool, grpc), ..Default::default() };
+            root = root.subcommand(service_command(&service, &schema, true));
+        }
+        // Panics on duplicate flags between the root's global flags and the services' own.
+        root.debug_assert();
+    }
+
+    #[test]
     fn registry_commands_and_flags() {
         let schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
         let service = Service {
