@@ -6,8 +6,10 @@
 
 mod support;
 
+mod auth;
 mod dynamic;
 mod errors;
+mod gateway;
 mod proxy;
 mod reflection;
 mod registry;

@@ -308,6 +308,37 @@ impl Platform {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The address of the HTTP API gateway, `127.0.0.1:PORT`, from the server's log line
+    /// `HTTP API gateway listening api=127.0.0.1:PORT` (logged before the proxy's, so it is there once started).
+    pub fn api(&self) -> String {
+        let log = self.server.log();
+        log.lines()
+            .filter(|line| line.contains("HTTP API gateway listening"))
+            .find_map(|line| line.split_whitespace().find_map(|kv| kv.strip_prefix("api=")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("the server did not log its API gateway address:\n{log}"))
+    }
+
+    /// The base URL of the HTTP API gateway, `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api())
+    }
+
+    /// The `micro` CLI of another user of this platform: HOME, config (with its token store) and cache in `dirs`
+    /// (from [`Dirs::new`]), so it is logged in (or not) independently of the admin that [`Platform::cli`] uses.
+    pub fn cli_in<I, S>(&self, dirs: &Dirs, args: I) -> Cli
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Cli::new(&self.addr, dirs, args)
+    }
+
+    /// The token store (`tokens.json`) of the admin's CLI ([`Platform::cli`]).
+    pub fn tokens_file(&self) -> PathBuf {
+        self.path("config").join("tokens.json")
+    }
 }
 
 /// The temporary directories of one platform (or one CLI run without a server).
@@ -332,6 +363,11 @@ impl Dirs {
     /// The root of the directories.
     pub fn path(&self) -> &Path {
         self.root.path()
+    }
+
+    /// The CLI's token store (`tokens.json`) in these directories' config dir.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.root.path().join("config").join("tokens.json")
     }
 }
 
@@ -516,6 +552,88 @@ impl Run {
     /// The whole outcome as one text: the command, the exit code, stdout and stderr.
     pub fn snapshot(&self) -> String {
         format!("$ {}\nexit: {}\n--- stdout ---\n{}--- stderr ---\n{}", self.line, self.code, self.stdout, self.stderr)
+    }
+}
+
+/// An HTTP answer, as `curl` got it.
+#[derive(Debug)]
+pub struct Http {
+    /// The request, for messages (`curl ARGS`).
+    pub line: String,
+    /// The status code of the last response (0 when curl got none).
+    pub status: u16,
+    /// The headers of the last response, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+    /// curl's own stderr (its errors).
+    pub stderr: String,
+}
+
+impl Http {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("`{}` answered no JSON ({e}):\n{self}", self.line))
+    }
+
+    /// Asserts the status code and returns self.
+    #[track_caller]
+    pub fn status(self, status: u16) -> Http {
+        assert_eq!(self.status, status, "`{}` answered an unexpected status:\n{self}", self.line);
+        self
+    }
+}
+
+impl std::fmt::Display for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "$ {}\nstatus: {}", self.line, self.status)?;
+        for (name, value) in &self.headers {
+            writeln!(f, "{name}: {value}")?;
+        }
+        write!(f, "--- body ---\n{}\n--- curl stderr ---\n{}", self.body, self.stderr)
+    }
+}
+
+/// Runs `curl -sS ARGS` (bounded by `--max-time`) and returns the last response's status, headers and body.
+#[track_caller]
+pub fn curl<I, S>(args: I) -> Http
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+    let headers_file = tempfile::Builder::new().prefix("micro-it-curl-").tempfile().expect("a temp file");
+    let max_time = DEADLINE.as_secs().to_string();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", &max_time, "--noproxy", "*", "-D"])
+        .arg(headers_file.path())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run curl (is it installed?): {e}"));
+    let line = std::iter::once("curl".to_string()).chain(args.iter().map(|a| shell_word(a))).collect::<Vec<_>>();
+    let raw = std::fs::read_to_string(headers_file.path()).unwrap_or_default();
+    // With redirects or `100 Continue` there are several header blocks: the last one is the answer's.
+    let block = raw.trim_end().rsplit("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = block.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Http {
+        line: line.join(" "),
+        status,
+        headers,
+        body: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
