@@ -69,8 +69,9 @@ const CORE_GRPC: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// Core service names, as they appear in the registry (`micro services`).
-const CORE_NAMES: &[&str] = &["auth", "registry"];
+/// Core service names, as they appear in the registry (`micro services`). They are registered in `micro` and
+/// served to every namespace.
+pub const CORE_NAMES: &[&str] = &["auth", "registry"];
 
 struct PlatformCatalog {
     registry: Arc<MemoryRegistry>,

@@ -257,9 +257,6 @@ fn the_gateway_applies_namespaces_and_token_expiry() {
 }
 
 #[test]
-#[ignore = "bug: the gateway resolves core services (auth, registry) only in the registry of the request's \
-            namespace, where they are not registered outside `micro` (src/server/gateway/resolve.rs), so a tenant \
-            admin gets 404 for /auth/accounts/list while `micro auth list accounts` works through the proxy"]
 fn a_tenant_admin_reaches_core_services_through_the_gateway() {
     let p = Platform::start();
     p.micro(["auth", "create", "account", "tadmin", "--secret", "t-pw", "--scopes", "admin", "--namespace", "tenant"])

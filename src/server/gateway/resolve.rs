@@ -159,7 +159,12 @@ pub fn resolve_uncached(registry: &MemoryRegistry, namespace: &str, path: &str) 
     };
     let mut known = None;
     for candidate in &candidates {
-        let versions = registry.get(namespace, &candidate.service);
+        let mut versions = registry.get(namespace, &candidate.service);
+        if versions.is_empty() && crate::server::CORE_NAMES.contains(&candidate.service.as_str()) {
+            // Core services are registered in `micro` and serve every namespace; the proxy still authorizes
+            // the call in the caller's namespace.
+            versions = registry.get(crate::DEFAULT_NAMESPACE, &candidate.service);
+        }
         if versions.is_empty() {
             continue;
         }
