@@ -232,6 +232,10 @@ pub struct Auth {
     config: AuthConfig,
     decisions: RwLock<HashMap<DecisionKey, Decision>>,
     failures: Mutex<HashMap<(String, String), Failures>>,
+    /// Verified tokens → (account, expiry, accounts generation), so that a token is checked once, not per request.
+    verified: RwLock<HashMap<String, (Account, u64, u64)>>,
+    /// Bumped whenever an account is deleted, invalidating `verified`.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> u64 {
@@ -319,6 +323,8 @@ impl Auth {
             config,
             decisions: RwLock::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         };
         auth.ensure_admin()?;
         Ok(auth)
@@ -374,8 +380,30 @@ impl Auth {
         state.accounts.values().find(|a| a.issuer == namespace && a.name == id_or_name).cloned()
     }
 
-    /// Verifies an access token: signature, expiry, and that its account still exists.
+    /// Verifies an access token: signature, expiry, and that its account still exists. A verified token is
+    /// remembered until it expires or an account is deleted, so the signature is checked once per token.
     pub fn verify(&self, token: &str) -> Result<Account, Status> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((account, exp, seen)) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token)
+            && *seen == generation
+            && *exp > now()
+        {
+            return Ok(account.clone());
+        }
+        let (account, exp) = self.verify_uncached(token)?;
+        let mut cache = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_DECISIONS {
+            let now = now();
+            cache.retain(|_, (_, exp, seen)| *exp > now && *seen == generation);
+            if cache.len() >= MAX_CACHED_DECISIONS {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), (account.clone(), exp, generation));
+        Ok(account)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Account, u64), Status> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             let why = match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
@@ -389,7 +417,7 @@ impl Auth {
         if !state.accounts.contains_key(&(c.iss.clone(), c.sub.clone())) {
             return Err(Status::unauthenticated("invalid token: the account no longer exists"));
         }
-        Ok(Account { id: c.sub, name: c.name, kind: c.typ, scopes: c.scopes, issuer: c.iss })
+        Ok((Account { id: c.sub, name: c.name, kind: c.typ, scopes: c.scopes, issuer: c.iss }, c.exp))
     }
 
     /// Decides whether `account` may call `endpoint` of service `name` in `namespace`: UNAUTHENTICATED for an
@@ -610,6 +638,7 @@ impl Auth {
         }
         self.store.apply::<StoredAccount>(&[], &[key_of("account", namespace, id)]).map_err(storage)?;
         self.state.write().unwrap_or_else(|e| e.into_inner()).accounts.remove(&(namespace.to_string(), id.to_string()));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.revoke_refresh_tokens(namespace, id)
     }
 
