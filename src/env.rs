@@ -31,6 +31,8 @@ pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
 pub const MICRO_PROXY_ADDRESS: &str = "MICRO_PROXY_ADDRESS";
 /// `micro server`: the HTTP API gateway's listen address (default `127.0.0.1:8080`).
 pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
+/// `micro server`: origins the API gateway allows for CORS, comma-separated (default: any origin).
+pub const MICRO_API_CORS_ORIGINS: &str = "MICRO_API_CORS_ORIGINS";
 /// `micro server`: where the server keeps its data (default: the platform's data dir for micro).
 pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).

@@ -24,6 +24,9 @@ pub struct Args {
     /// Password of the default `admin` account, used when it is first created [default: micro].
     #[arg(long, env = env::MICRO_AUTH_ADMIN_PASSWORD, value_name = "PASSWORD", hide_env_values = true)]
     pub auth_admin_password: Option<String>,
+    /// Origins the API gateway allows for CORS (comma list); any origin when empty.
+    #[arg(long, env = env::MICRO_API_CORS_ORIGINS, value_delimiter = ',', value_name = "ORIGIN")]
+    pub api_cors_origins: Vec<String>,
 }
 
 /// Sets up logging (to stderr; `MICRO_LOG_LEVEL`, default `info`).
@@ -63,6 +66,7 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         data_dir,
         prune_interval: args.prune_interval,
         admin_password: args.auth_admin_password,
+        cors_origins: args.api_cors_origins,
     };
     crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
         .await

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub prune_interval: Duration,
     /// The default admin's password when the admin is first created (default `micro`).
     pub admin_password: Option<String>,
+    /// Origins the API gateway allows for CORS; empty allows any origin.
+    pub cors_origins: Vec<String>,
 }
 
 /// What can stop the server from starting or serving.
@@ -218,7 +220,11 @@ pub async fn serve_all(
     let mut gateway_task = None;
     if let Some(api) = api_listener {
         let api_address = api.local_addr()?;
-        let gw = gateway::Gateway::new(proxy.clone(), registry.clone(), gateway::GatewayConfig::default());
+        let gw = gateway::Gateway::new(
+            proxy.clone(),
+            registry.clone(),
+            gateway::GatewayConfig { cors_origins: config.cors_origins.clone() },
+        );
         tracing::info!(api = %api_address, "HTTP API gateway listening");
         gateway_task = Some(tokio::spawn(gateway::serve(api, gw, stop.clone().cancelled_owned())));
     }
