@@ -265,14 +265,15 @@ pub async fn serve_grpc(
     on_shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder().tcp_nodelay(true).add_routes(routes).serve_with_incoming_shutdown(
-        incoming,
-        async move {
+    // `Server::tcp_nodelay` does not apply to a listener we pass in: set it on every accepted connection, or
+    // Nagle's algorithm holds back small writes (trailers) for a delayed ACK, about 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(incoming.into_inner()).with_nodelay(Some(true));
+    let server =
+        tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = begun_tx.send(());
             on_shutdown.await;
-        },
-    );
+        });
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served,
