@@ -416,7 +416,10 @@ mod tests {
         let e = resolve_uncached(&registry, "micro", "/registry/nope").unwrap_err();
         assert_eq!((e.code, e.id.as_str()), (404, "registry"));
         assert!(e.detail.contains("Registry.Nope"), "{}", e.detail);
-        let e = resolve_uncached(&registry, "other", "/registry/list-services").unwrap_err();
+        // Core services (registered in micro) serve every namespace; other services do not.
+        assert!(resolve_uncached(&registry, "other", "/registry/list-services").is_ok());
+        let users = registry_with("users");
+        let e = resolve_uncached(&users, "other", "/users/list-services").unwrap_err();
         assert_eq!(e.code, 404);
         let e = resolve_uncached(&registry, "micro", "/").unwrap_err();
         assert_eq!(e.code, 404);

@@ -250,7 +250,7 @@ async fn errors_are_micro_json() {
     // An unknown endpoint of a known service; a namespace without the service.
     let (status, _) = json_of(send(&h, req(Method::POST, "/registry/frobnicate", "{}")).await).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let mut r = req(Method::POST, "/registry/list-services", "{}");
+    let mut r = req(Method::POST, "/echo/sum", "{}");
     r.headers_mut().insert("micro-namespace", HeaderValue::from_static("other"));
     let (status, _) = json_of(send(&h, r).await).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
