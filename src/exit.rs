@@ -95,7 +95,7 @@ pub struct RpcContext {
 }
 
 /// The detail of a gRPC message: Micro services send `{"id","code","detail","status"}` JSON.
-fn detail(message: &str) -> String {
+pub fn detail(message: &str) -> String {
     if message.starts_with('{')
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(message)
         && let Some(d) = v.get("detail").and_then(|d| d.as_str())

@@ -69,57 +69,22 @@ async fn latency(addr: &str, token: Option<&str>) -> anyhow::Result<Samples> {
     Ok(Samples::new(samples))
 }
 
-async fn grpc_throughput(addr: &str) -> anyhow::Result<f64> {
-    let client = HelloworldClient::new(channel(addr).await?);
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let (mut c, done, stop) = (client.clone(), done.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if c.call(request(None)).await.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let start = done.load(Ordering::Relaxed);
-    let t = Instant::now();
-    tokio::time::sleep(WINDOW).await;
-    let n = done.load(Ordering::Relaxed) - start;
-    let secs = t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(n as f64 / secs)
-}
-
-async fn gateway_throughput(url: &str, token: &str) -> anyhow::Result<(f64, u64)> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT).tcp_nodelay(true).build()?;
+/// Keeps `IN_FLIGHT` calls of `op` outstanding for a warm-up and then `WINDOW`; returns completed calls per
+/// second in the window and how many calls failed.
+async fn load<F, Fut>(op: F) -> (f64, u64)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..IN_FLIGHT {
-        let (c, done, failed, stop) = (client.clone(), done.clone(), failed.clone(), stop.clone());
-        let (url, auth) = (url.to_string(), format!("Bearer {token}"));
+        let (op, done, failed, stop) = (op.clone(), done.clone(), failed.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let rsp = c
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(r#"{"name":"bench"}"#)
-                    .send()
-                    .await;
-                let ok = match rsp {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                let counter = if ok { &done } else { &failed };
+                let counter = if op().await { &done } else { &failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -134,7 +99,39 @@ async fn gateway_throughput(url: &str, token: &str) -> anyhow::Result<(f64, u64)
     for t in tasks {
         let _ = t.await;
     }
-    Ok((n as f64 / secs, failed.load(Ordering::Relaxed)))
+    (n as f64 / secs, failed.load(Ordering::Relaxed))
+}
+
+async fn grpc_throughput(addr: &str) -> anyhow::Result<f64> {
+    let client = HelloworldClient::new(channel(addr).await?);
+    let (rate, _) = load(move || {
+        let mut c = client.clone();
+        async move { c.call(request(None)).await.is_ok() }
+    })
+    .await;
+    Ok(rate)
+}
+
+async fn gateway_throughput(url: &str, token: &str) -> anyhow::Result<(f64, u64)> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT).tcp_nodelay(true).build()?;
+    let (url, auth) = (Arc::new(url.to_string()), Arc::new(format!("Bearer {token}")));
+    Ok(load(move || {
+        let (c, url, auth) = (client.clone(), url.clone(), auth.clone());
+        async move {
+            let rsp = c
+                .post(url.as_str())
+                .header("authorization", auth.as_str())
+                .header("content-type", "application/json")
+                .body(r#"{"name":"bench"}"#)
+                .send()
+                .await;
+            match rsp {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await)
 }
 
 fn us(d: Duration) -> f64 {

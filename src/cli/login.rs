@@ -71,14 +71,7 @@ pub fn strip_line_ending(line: &str) -> &str {
 
 /// The text of a gRPC error for the user: the `detail` of a Micro error JSON, else the message itself.
 pub fn server_detail(status: &tonic::Status) -> String {
-    let message = status.message();
-    if message.starts_with('{')
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(message)
-        && let Some(d) = v.get("detail").and_then(|d| d.as_str())
-    {
-        return d.to_string();
-    }
-    message.to_string()
+    crate::exit::detail(status.message())
 }
 
 /// Maps an error of a call that checked credentials: a refusal shows the server's own message (`Invalid
