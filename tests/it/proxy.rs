@@ -104,31 +104,29 @@ fn the_service_library_client_routes_by_name() {
     assert_eq!((unknown.code(), unknown.message()), (Code::NotFound, "service \"x\" not found"));
 }
 
-#[test]
-fn an_unknown_service_is_not_found() {
-    let p = Platform::with(&["helloworld"]);
-    let status = block_on(async {
-        let channel = tonic::service::interceptor::InterceptedService::new(channel(&p).await, p.bearer());
+/// Calls `path` through the proxy with a `CallRequest`, expecting an error status.
+fn failed_call(p: &Platform, path: &'static str) -> tonic::Status {
+    block_on(async {
+        let channel = tonic::service::interceptor::InterceptedService::new(channel(p).await, p.bearer());
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("the channel is ready");
         let codec = tonic_prost::ProstCodec::<CallRequest, CallResponse>::default();
-        let path = http::uri::PathAndQuery::from_static("/x.Nothing/Call");
-        grpc.unary(tonic::Request::new(CallRequest::default()), path, codec).await.expect_err("no service x")
-    });
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.unary(tonic::Request::new(CallRequest::default()), path, codec).await.expect_err(path)
+    })
+}
+
+#[test]
+fn an_unknown_service_is_not_found() {
+    let p = Platform::with(&["helloworld"]);
+    let status = failed_call(&p, "/x.Nothing/Call");
     assert_eq!((status.code(), status.message()), (Code::NotFound, "service \"x\" not found"));
 }
 
 #[test]
 fn an_unknown_method_of_a_known_service_is_unimplemented() {
     let p = Platform::with(&["helloworld"]);
-    let status = block_on(async {
-        let channel = tonic::service::interceptor::InterceptedService::new(channel(&p).await, p.bearer());
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.expect("the channel is ready");
-        let codec = tonic_prost::ProstCodec::<CallRequest, CallResponse>::default();
-        let path = http::uri::PathAndQuery::from_static("/helloworld.Helloworld/Nope");
-        grpc.unary(tonic::Request::new(CallRequest::default()), path, codec).await.expect_err("no such method")
-    });
+    let status = failed_call(&p, "/helloworld.Helloworld/Nope");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
 }
 
