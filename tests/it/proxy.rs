@@ -111,8 +111,8 @@ fn failed_call(p: &Platform, path: &'static str) -> tonic::Status {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("the channel is ready");
         let codec = tonic_prost::ProstCodec::<CallRequest, CallResponse>::default();
-        let path = http::uri::PathAndQuery::from_static(path);
-        grpc.unary(tonic::Request::new(CallRequest::default()), path, codec).await.expect_err(path)
+        let uri = http::uri::PathAndQuery::from_static(path);
+        grpc.unary(tonic::Request::new(CallRequest::default()), uri, codec).await.expect_err(path)
     })
 }
 
