@@ -4,7 +4,15 @@
 use prost::Message;
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/micro/registry/registry.proto", "proto/micro/auth/auth.proto"];
+const PROTOS: &[&str] = &[
+    "proto/micro/registry/registry.proto",
+    "proto/micro/auth/auth.proto",
+    "proto/micro/store/store.proto",
+    "proto/micro/config/config.proto",
+    "proto/micro/broker/broker.proto",
+    "proto/micro/events/events.proto",
+    "proto/micro/runtime/runtime.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -14,3 +14,33 @@ pub mod registry {
 pub mod auth {
     tonic::include_proto!("auth");
 }
+
+/// The store service (`package store`): durable key-value records.
+#[allow(missing_docs, clippy::all)]
+pub mod store {
+    tonic::include_proto!("store");
+}
+
+/// The config service (`package config`): per-namespace JSON documents with secrets.
+#[allow(missing_docs, clippy::all)]
+pub mod config {
+    tonic::include_proto!("config");
+}
+
+/// The broker service (`package broker`): at-most-once publish and subscribe.
+#[allow(missing_docs, clippy::all)]
+pub mod broker {
+    tonic::include_proto!("broker");
+}
+
+/// The events service (`package events`): durable streams with consumer groups.
+#[allow(missing_docs, clippy::all)]
+pub mod events {
+    tonic::include_proto!("events");
+}
+
+/// The runtime service (`package runtime`): a process manager.
+#[allow(missing_docs, clippy::all)]
+pub mod runtime {
+    tonic::include_proto!("runtime");
+}

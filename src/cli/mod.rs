@@ -5,17 +5,26 @@
 //! protobuf schema.
 
 pub mod auth;
+pub mod broker;
 pub mod call;
 pub mod completion;
+pub mod config;
 pub mod dynamic;
 pub mod env;
+pub mod events;
 pub mod get;
 pub mod health;
+pub mod kill;
 pub mod login;
 pub mod logout;
+pub mod logs;
+pub mod new;
 pub mod output;
+pub mod run;
 pub mod server;
 pub mod services;
+pub mod status;
+pub mod store;
 pub mod user;
 
 use crate::exit::{CliError, ExitStatus};
@@ -71,6 +80,26 @@ pub enum Command {
     User(user::Args),
     /// Manage accounts and access rules.
     Auth(auth::Args),
+    /// Build and run a service from a local directory, a git URL or a command.
+    Run(run::Args),
+    /// Rebuild and restart a service; the new version starts before the old one stops.
+    Update(run::UpdateArgs),
+    /// Stop a service and remove it from the runtime.
+    Kill(kill::Args),
+    /// Show the services the runtime manages.
+    Status(status::Args),
+    /// Print or follow a service's logs (`micro logs server` for the server's own).
+    Logs(logs::Args),
+    /// Create a new Rust service.
+    New(new::Args),
+    /// Read and write records in the store.
+    Store(store::Args),
+    /// Get, set and delete config values.
+    Config(config::Args),
+    /// Publish messages and subscribe to topics.
+    Broker(broker::Args),
+    /// Publish, consume and read durable events.
+    Events(events::Args),
     /// Print a shell completion script.
     Completion(completion::Args),
     /// A service name: `micro <service> [endpoint] [--flags]`.
@@ -106,6 +135,16 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => logout::exec(&settings, args),
         Command::User(args) => user::exec(&settings, args).await,
         Command::Auth(args) => auth::exec(&settings, args).await,
+        Command::Run(args) => run::exec(&settings, args).await,
+        Command::Update(args) => run::exec_update(&settings, args).await,
+        Command::Kill(args) => kill::exec(&settings, args).await,
+        Command::Status(args) => status::exec(&settings, args).await,
+        Command::Logs(args) => logs::exec(&settings, args).await,
+        Command::New(args) => new::exec(&settings, args).await,
+        Command::Store(args) => store::exec(&settings, args).await,
+        Command::Config(args) => config::exec(&settings, args).await,
+        Command::Broker(args) => broker::exec(&settings, args).await,
+        Command::Events(args) => events::exec(&settings, args).await,
         Command::Completion(args) => completion::exec(args),
         Command::Service(args) => dynamic::exec(&settings, args).await,
     }

@@ -5,9 +5,14 @@
 //! tracks every task it spawns so that shutdown is graceful.
 
 pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod proxy;
 pub mod registry;
+pub mod runtime;
+pub mod store;
 
 use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service, registry_server::RegistryServer};
 use crate::schema::{self, Schema};
@@ -58,6 +63,32 @@ pub enum ServerError {
     /// Auth could not start.
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthError),
+    /// A core service (store, config, broker, events, runtime) could not start.
+    #[error("{service}: {message}")]
+    Start {
+        /// The core service.
+        service: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a core service gets when the server starts it: where to keep data, what to stop on, and the other
+/// building blocks it may use.
+#[derive(Clone)]
+pub struct CoreContext {
+    /// The server's data directory (private to the server's user).
+    pub data_dir: PathBuf,
+    /// The address of the gRPC proxy (what services get as `MICRO_PROXY`).
+    pub proxy_address: std::net::SocketAddr,
+    /// Cancelled when shutdown begins: end long-lived streams and stop background work.
+    pub cancel: CancellationToken,
+    /// Spawn background tasks here, so shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Accounts, tokens and rules.
+    pub auth: Arc<auth::Auth>,
+    /// The service registry.
+    pub registry: Arc<MemoryRegistry>,
 }
 
 /// The gRPC services the server answers in-process.
@@ -66,6 +97,13 @@ const CORE_GRPC: &[&str] = &[
     "auth.Auth",
     "auth.Accounts",
     "auth.Rules",
+    "broker.Broker",
+    "config.Config",
+    "events.Stream",
+    "events.Store",
+    "runtime.Runtime",
+    "runtime.Source",
+    "store.Store",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -73,7 +111,7 @@ const CORE_GRPC: &[&str] = &[
 
 /// Core service names, as they appear in the registry (`micro services`). They are registered in `micro` and
 /// served to every namespace.
-pub const CORE_NAMES: &[&str] = &["auth", "registry"];
+pub const CORE_NAMES: &[&str] = &["auth", "broker", "config", "events", "registry", "runtime", "store"];
 
 struct PlatformCatalog {
     registry: Arc<MemoryRegistry>,
@@ -167,10 +205,25 @@ pub async fn serve_all(
     );
     let (auth_server, accounts_server, rules_server) = auth::service::AuthService::new(auth.clone()).servers();
 
+    let tasks = TaskTracker::new();
+    let ctx = CoreContext {
+        data_dir: config.data_dir.clone(),
+        proxy_address: address,
+        cancel: cancel.clone(),
+        tasks: tasks.clone(),
+        auth: auth.clone(),
+        registry: registry.clone(),
+    };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    store::start(&ctx, &mut routes).await?;
+    config::start(&ctx, &mut routes).await?;
+    broker::start(&ctx, &mut routes).await?;
+    events::start(&ctx, &mut routes).await?;
+    runtime::start(&ctx, &mut routes).await?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<MemoryRegistry>>>().await;
     let reflection = Reflection::new(Arc::new(PlatformCatalog { registry: registry.clone(), core }));
-    let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(RegistryServer::new(RegistryService::new(registry.clone()).with_auth().closing(cancel.clone())))
         .add_service(auth_server)
@@ -188,7 +241,6 @@ pub async fn serve_all(
     )
     .with_auth(auth);
 
-    let tasks = TaskTracker::new();
     {
         let registry = registry.clone();
         let cancel = cancel.clone();

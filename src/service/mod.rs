@@ -5,8 +5,12 @@
 //! `127.0.0.1:8081`). It re-registers on an interval (a heartbeat that carries only the schema's hash) and
 //! deregisters when it stops. [`client::Client`] calls other services by name through the same proxy.
 
+pub mod broker;
 pub mod client;
+pub mod config;
 pub mod credentials;
+pub mod events;
+pub mod store;
 
 use crate::client::Connection;
 use crate::env;

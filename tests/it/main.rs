@@ -7,11 +7,16 @@
 mod support;
 
 mod auth;
+mod broker;
+mod config;
 mod dynamic;
 mod errors;
+mod events;
 mod gateway;
 mod proxy;
 mod reflection;
 mod registry;
+mod runtime;
 mod services;
+mod store;
 mod streaming;

@@ -1,0 +1,1 @@
+//! A broker client for services: publish, and subscribe with a handler.

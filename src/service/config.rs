@@ -1,0 +1,1 @@
+//! A config client for services: get with a default, scan into a struct, read secrets.

@@ -1,0 +1,1 @@
+//! An events client for services: publish, and consume with acknowledgements.

@@ -1,0 +1,1 @@
+//! A store client for services: typed records over serde.

@@ -1,0 +1,1 @@
+//! The broker service through the real CLI and library.

@@ -1,0 +1,1 @@
+//! The config service through the real CLI and library.

@@ -1,0 +1,1 @@
+//! The events service through the real CLI and library.

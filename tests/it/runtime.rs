@@ -1,0 +1,1 @@
+//! The runtime service through the real CLI and library.

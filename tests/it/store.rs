@@ -1,0 +1,1 @@
+//! The store service through the real CLI and library.
