@@ -1,0 +1,93 @@
+//! The building-blocks benchmark (issue 5), side by side in one run on this machine:
+//!
+//! 1. store writes per second at 1 and 64 concurrent clients through the proxy, against raw single-commit redb
+//!    writes (target: at 64 clients, at least 1 × the raw rate, thanks to group commit); store reads per second;
+//! 2. broker messages per second through a streaming publish to one subscriber (target: at least 100 k msg/s;
+//!    NATS does about 1.4 M msg/s on this machine);
+//! 3. events publish-to-consume latency, p50.
+//!
+//! One in-process `micro server` (auth on, admin logged in) on loopback with a temporary data dir.
+//! Run: `cargo run --release -p micro-bench --bin blocks`.
+
+#[path = "../stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+mod broker;
+mod events;
+mod store;
+
+use anyhow::Context;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The admin password of the benchmark's server.
+const ADMIN_PASSWORD: &str = "micro-bench";
+
+/// What every section gets: the server's address, an admin token and a scratch directory.
+pub struct Bench {
+    /// The gRPC proxy address.
+    pub proxy: String,
+    /// An access token of the `micro` admin.
+    pub token: String,
+    /// A scratch directory for raw baselines.
+    pub scratch: std::path::PathBuf,
+}
+
+impl Bench {
+    /// A connection to the proxy, authenticated as the admin.
+    pub fn connection(&self) -> anyhow::Result<micro::client::Connection> {
+        Ok(micro::client::Connection::new(&self.proxy, micro::DEFAULT_NAMESPACE)?.with_token(Some(&self.token)))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let data = tempfile::Builder::new().prefix("micro-bench-blocks").tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = listener.local_addr()?.to_string();
+    let config = micro::server::ServerConfig {
+        data_dir: data.path().join("server"),
+        prune_interval: Duration::from_secs(1),
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        cors_origins: Vec::new(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(micro::server::serve(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    let token = login(&proxy).await.context("cannot log in as the admin")?;
+    let scratch = data.path().join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let bench = Bench { proxy, token, scratch };
+
+    println!("micro building-blocks benchmark ({} cores)", std::thread::available_parallelism()?.get());
+    store::run(&bench).await.context("store benchmark")?;
+    broker::run(&bench).await.context("broker benchmark")?;
+    events::run(&bench).await.context("events benchmark")?;
+
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+async fn login(proxy: &str) -> anyhow::Result<String> {
+    use micro::proto::auth::{Options, TokenRequest};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let conn = micro::client::Connection::new(proxy, micro::DEFAULT_NAMESPACE)?;
+        let req = conn.request(TokenRequest {
+            id: "admin".into(),
+            secret: ADMIN_PASSWORD.into(),
+            options: Some(Options { namespace: micro::DEFAULT_NAMESPACE.into() }),
+            ..Default::default()
+        });
+        match conn.auth().token(req).await {
+            Ok(r) => {
+                return r.into_inner().token.map(|t| t.access_token).context("the server answered with no token");
+            }
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
