@@ -13,6 +13,7 @@ mod dynamic;
 mod errors;
 mod events;
 mod gateway;
+mod new;
 mod proxy;
 mod reflection;
 mod registry;

@@ -107,6 +107,19 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM and waits (at most [`DEADLINE`]) for the process to exit; SIGKILL after that.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + DEADLINE;
+        while self.exited().is_none() {
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("{} did not exit within {DEADLINE:?} of SIGTERM:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
@@ -145,6 +158,7 @@ pub struct Platform {
     server: Proc,
     dirs: Dirs,
     token: OnceLock<String>,
+    env: Vec<(String, String)>,
 }
 
 /// The default admin account of a fresh server: name and password.
@@ -164,39 +178,43 @@ impl tonic::service::Interceptor for Bearer {
 impl Platform {
     /// Starts a server and waits until its proxy answers.
     pub fn start() -> Platform {
+        Platform::start_env(&[])
+    }
+
+    /// Starts a server with extra environment variables (`MICRO_*` settings of the server) and waits until its
+    /// proxy answers; the admin is logged in.
+    pub fn start_env(env: &[(&str, &str)]) -> Platform {
         let dirs = Dirs::new();
-        let mut cmd = Command::new(micro_bin());
-        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0"])
-            .args(["--prune-interval", "100ms", "--data-dir"])
-            .arg(dirs.root.path().join("data"));
-        clean_env(&mut cmd);
-        cmd.env("HOME", dirs.home()).env("MICRO_LOG_LEVEL", "info");
-        let (tx, rx) = mpsc::channel();
-        let mut server = Proc::spawn("micro server", cmd, Some(tx));
-        let deadline = Instant::now() + DEADLINE;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(addr) = listening_address(&line) {
-                        break addr;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("micro server exited before listening: {:?}\n{}", server.exited(), server.log())
-                }
-            }
-            assert!(Instant::now() < deadline, "micro server did not log its address in time:\n{}", server.log());
-        };
-        let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new() };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (server, addr) = spawn_server(&dirs, "127.0.0.1:0", &env);
+        let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new(), env };
         platform.wait_until("the proxy answers", |p| p.micro(["services"]).code == 0);
         // Calls to services need an account: the CLI logs in as the default admin (registry reads and reflection
         // are public, so those work either way).
-        let login = platform.cli(["login", "--username", ADMIN.0, "--password-stdin"]).stdin(ADMIN.1).run().ok();
-        assert_eq!(login.stdout, "Successfully logged in.\n", "{}", login.snapshot());
+        platform.login_admin();
         platform.token();
         platform
+    }
+
+    /// Logs the admin's CLI in again (`micro login`).
+    pub fn login_admin(&self) {
+        let login = self.cli(["login", "--username", ADMIN.0, "--password-stdin"]).stdin(ADMIN.1).run().ok();
+        assert_eq!(login.stdout, "Successfully logged in.\n", "{}", login.snapshot());
+    }
+
+    /// Stops the server (SIGKILL when `kill`, else SIGTERM and a wait for it to exit) and starts it again on the
+    /// same address and data dir, with the same environment; waits until the proxy answers and logs the admin in.
+    pub fn restart_server(&mut self, kill: bool) {
+        if kill {
+            self.server.kill();
+        } else {
+            self.server.terminate();
+        }
+        let (server, addr) = spawn_server(&self.dirs, &self.addr, &self.env);
+        assert_eq!(addr, self.addr, "the server came back on another address");
+        self.server = server;
+        self.wait_until("the proxy answers again", |p| p.micro(["services"]).code == 0);
+        self.login_admin();
     }
 
     /// The access token of the logged-in admin (`micro user token`).
@@ -368,6 +386,37 @@ impl Dirs {
     /// The CLI's token store (`tokens.json`) in these directories' config dir.
     pub fn tokens_file(&self) -> PathBuf {
         self.root.path().join("config").join("tokens.json")
+    }
+}
+
+/// Starts `micro server` on `proxy_address` with its data in `dirs`, and waits until it logs its address.
+fn spawn_server(dirs: &Dirs, proxy_address: &str, env: &[(String, String)]) -> (Proc, String) {
+    let mut cmd = Command::new(micro_bin());
+    cmd.args(["server", "--proxy-address", proxy_address, "--api-address", "127.0.0.1:0"])
+        .args(["--prune-interval", "100ms", "--data-dir"])
+        .arg(dirs.root.path().join("data"));
+    clean_env(&mut cmd);
+    cmd.env("HOME", dirs.home()).env("MICRO_LOG_LEVEL", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut server = Proc::spawn("micro server", cmd, Some(tx));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                if let Some(addr) = listening_address(&line) {
+                    return (server, addr);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("micro server exited before listening: {:?}\n{}", server.exited(), server.log())
+            }
+        }
+        assert!(Instant::now() < deadline, "micro server did not log its address in time:\n{}", server.log());
     }
 }
 

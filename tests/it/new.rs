@@ -1,0 +1,1 @@
+//! `micro new`: a scaffolded service builds, runs and answers.
