@@ -132,7 +132,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => get::exec(&settings, args).await,
         Command::Health(args) => health::exec(&settings, args).await,
         Command::Login(args) => login::exec(&settings, args).await,
-        Command::Logout(args) => logout::exec(&settings, args),
+        Command::Logout(args) => logout::exec(&settings, args).await,
         Command::User(args) => user::exec(&settings, args).await,
         Command::Auth(args) => auth::exec(&settings, args).await,
         Command::Run(args) => run::exec(&settings, args).await,

@@ -74,10 +74,15 @@ fn login_and_logout() {
     let token = stored(&p.tokens_file(), "micro").expect("a token saved for env local, namespace micro");
     assert_eq!(token["account_id"], "admin");
     assert_eq!(p.micro(["helloworld", "call", "--name=x"]).ok().json()["msg"], "Hello x");
+    let refresh = token["refresh_token"].as_str().expect("a refresh token").to_string();
 
     let run = p.micro(["logout"]).ok();
     assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""), "logout prints nothing");
     assert_eq!(stored(&p.tokens_file(), "micro"), None, "the token is forgotten");
+    // …and the server revoked its refresh token: a copy of the token store cannot log in again.
+    let body = serde_json::json!({ "refresh_token": refresh }).to_string();
+    let run = p.micro(["call", "auth", "Auth.Token", &body]).code(2);
+    assert!(run.stderr.contains("invalid token provided"), "{}", run.snapshot());
     let run = p.micro(["helloworld", "call", "--name=x"]).code(2);
     assert!(run.stderr.contains("Not authorized"), "{}", run.snapshot());
     assert_eq!(run.stdout, "");

@@ -278,6 +278,7 @@ pub fn system_rules(namespace: &str) -> Vec<Rule> {
     };
     let mut rules = vec![
         rule("system-login", "", "service", "auth", "Auth.Token", 1000),
+        rule("system-logout", "", "service", "auth", "Auth.Revoke", 1000),
         rule("system-health", "", "service", "*", "Health.Check", 1000),
         // Registration is checked by the registry itself (admins, service accounts, or the local loop).
         rule("system-register", "", "service", "registry", "Registry.Register", 1000),
@@ -562,6 +563,12 @@ impl Auth {
             .find_account(&record.namespace, &record.account)
             .ok_or_else(|| Status::unauthenticated("invalid token provided"))?;
         self.issue(&account, expiry)
+    }
+
+    /// Revokes one refresh token (logout). An unknown token is not an error.
+    pub fn revoke(&self, refresh_token: &str) -> Result<(), Status> {
+        let key = format!("refresh/{}", crate::schema::hash(refresh_token.as_bytes()));
+        self.store.apply::<StoredRefresh>(&[], std::slice::from_ref(&key)).map_err(storage)
     }
 
     fn revoke_refresh_tokens(&self, namespace: &str, id: &str) -> Result<(), Status> {

@@ -5,8 +5,8 @@ use super::{Auth, Caller};
 use crate::proto::auth::{
     ChangeSecretRequest, ChangeSecretResponse, CreateRequest, CreateResponse, DeleteAccountRequest,
     DeleteAccountResponse, DeleteRequest, DeleteResponse, GenerateRequest, GenerateResponse, InspectRequest,
-    InspectResponse, ListAccountsRequest, ListAccountsResponse, ListRequest, ListResponse, Options, TokenRequest,
-    TokenResponse, accounts_server, auth_server, rules_server,
+    InspectResponse, ListAccountsRequest, ListAccountsResponse, ListRequest, ListResponse, Options, RevokeRequest,
+    RevokeResponse, TokenRequest, TokenResponse, accounts_server, auth_server, rules_server,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,15 @@ impl auth_server::Auth for AuthService {
         let message =
             self.auth.account(&account.issuer, &account.id).ok_or_else(|| Status::not_found("Account not found"))?;
         Ok(Response::new(InspectResponse { account: Some(message) }))
+    }
+
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+        let token = req.into_inner().refresh_token;
+        if token.trim().is_empty() {
+            return Err(Status::invalid_argument("refresh_token is required"));
+        }
+        self.blocking(move |auth| auth.revoke(&token)).await?;
+        Ok(Response::new(RevokeResponse {}))
     }
 
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
