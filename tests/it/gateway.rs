@@ -96,7 +96,10 @@ fn gateway_errors_are_micro_errors() {
     let rsp = curl(["-H", "Authorization: Bearer not-a-jwt", "-d", "{}", &url("/helloworld")]);
     assert_error(&rsp, 401);
 
-    // An unknown service.
+    // An unknown service: 404 for an account of the namespace; a caller without one learns nothing (401, as for a
+    // service that exists).
+    assert_error(&curl(["-d", "{}", &url("/nosuch")]), 401);
+    assert_error(&curl(["-H", &bearer(&tampered), "-d", "{}", &url("/nosuch")]), 401);
     let e = assert_error(&authed(&p, &["-d", "{}"], "/nosuch"), 404);
     assert!(e["detail"].as_str().unwrap().contains("nosuch"), "{e}");
     assert_eq!(e["status"], "Not Found");
@@ -235,6 +238,9 @@ fn the_gateway_applies_namespaces_and_token_expiry() {
     // Anonymous callers cannot read tenant's services.
     let rsp = curl(["-H", "Micro-Namespace: tenant", &url("/openapi.json")]);
     assert_error(&rsp, 401);
+    // An account of tenant probing micro for a service that does not exist is refused, not told "not found".
+    let rsp = curl(["-H", &bearer(&tenant), "-H", "Micro-Namespace: micro", "-d", "{}", &url("/nosuch")]);
+    assert_error(&rsp, 403);
     // The micro admin may name any namespace.
     let rsp = authed(&p, &["-H", "Micro-Namespace: micro", "-d", r#"{"name":"ns"}"#], "/helloworld").status(200);
     assert_eq!(rsp.json()["msg"], "Hello ns");

@@ -262,7 +262,13 @@ impl Inner {
     async fn rpc(&self, req: Request) -> Result<Response, ApiError> {
         let (parts, body) = req.into_parts();
         let namespace = namespace(&parts.headers)?;
-        let target = self.resolver.resolve(&namespace, parts.uri.path())?;
+        let target = match self.resolver.resolve(&namespace, parts.uri.path()) {
+            Ok(target) => target,
+            Err(e) if e.code == StatusCode::NOT_FOUND.as_u16() => {
+                return Err(self.hide_missing(&parts.headers, &namespace, e));
+            }
+            Err(e) => return Err(e),
+        };
         let id = target.service.as_str();
         let content_type = parts
             .headers
@@ -332,6 +338,25 @@ impl Inner {
                 let rsp = grpc.streaming(requests(messages), path, codec).await.map_err(status)?;
                 Ok(stream::respond(format, id.to_string(), rsp.into_inner(), self.closing.clone()))
             }
+        }
+    }
+
+    /// What a caller learns about a path that names no service: only a caller that may act in the namespace hears
+    /// "not found". Anyone else gets the same 401 or 403 as for a service that exists, so probing the gateway
+    /// without an account does not reveal which services a namespace runs.
+    fn hide_missing(&self, headers: &HeaderMap, namespace: &str, missing: ApiError) -> ApiError {
+        let Some(auth) = self.proxy.auth() else { return missing };
+        let token = authorization(headers)
+            .and_then(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_string()));
+        let account = match token.map(|t| auth.verify(&t)) {
+            Some(Ok(account)) => account,
+            Some(Err(status)) => return ApiError::from_status(GATEWAY_ID, &status),
+            None => return ApiError::new(GATEWAY_ID, StatusCode::UNAUTHORIZED, "an account is required"),
+        };
+        if account.belongs_to(namespace) {
+            missing
+        } else {
+            ApiError::new(GATEWAY_ID, StatusCode::FORBIDDEN, format!("access denied to namespace {namespace}"))
         }
     }
 

@@ -95,6 +95,11 @@ impl Proxy {
         Self { inner: Arc::new(inner) }
     }
 
+    /// The auth the proxy enforces, if any.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.inner.auth.as_ref()
+    }
+
     /// Drops cached channels of nodes that deregister or expire, until `shutdown` resolves.
     pub async fn evict_removed_nodes(self, shutdown: impl std::future::Future<Output = ()>) {
         let mut changes = self.inner.registry.watch();
