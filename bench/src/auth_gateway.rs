@@ -12,6 +12,10 @@
 #[allow(dead_code)]
 mod stats;
 
+/// The allocator of the `micro` binary, so the in-process server parts allocate as they do in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use helloworld::pb::{CallRequest, helloworld_client::HelloworldClient, helloworld_server::HelloworldServer};
 use micro::proto::registry::{Node, Schema as SchemaMsg, Service};
 use micro::server::auth::{Auth, AuthConfig};
