@@ -13,6 +13,7 @@ mod dynamic;
 mod errors;
 mod events;
 mod gateway;
+mod notes;
 mod new;
 mod proxy;
 mod reflection;
