@@ -180,16 +180,16 @@ impl Notes for Handler {
             text: r.text,
             created: now.as_secs() as i64,
         };
-        self.store.write_json(&format!("note/{}", stored.id), &stored).await.map_err(|e| internal(e))?;
-        self.broker.publish(TOPIC, stored.id.clone().into_bytes()).await.map_err(|e| internal(e))?;
+        self.store.write_json(&format!("note/{}", stored.id), &stored).await.map_err(internal)?;
+        self.broker.publish(TOPIC, stored.id.clone().into_bytes()).await.map_err(internal)?;
         let metadata = HashMap::from([("type".to_string(), "note.created".to_string())]);
-        self.events.publish_json(TOPIC, &stored, metadata).await.map_err(|e| internal(e))?;
+        self.events.publish_json(TOPIC, &stored, metadata).await.map_err(internal)?;
         Ok(Response::new(CreateResponse { note: Some(stored.into()) }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let id = req.into_inner().id;
-        let stored: Option<Stored> = self.store.read_json(&format!("note/{id}")).await.map_err(|e| internal(e))?;
+        let stored: Option<Stored> = self.store.read_json(&format!("note/{id}")).await.map_err(internal)?;
         let stored = stored.ok_or_else(|| Status::not_found(format!("note {id:?} not found")))?;
         Ok(Response::new(GetResponse { note: Some(stored.into()) }))
     }
@@ -199,20 +199,19 @@ impl Notes for Handler {
             0 => 20,
             n => n,
         };
-        let records =
-            self.store.read_many(Query::prefix("note/").descending().limit(limit)).await.map_err(|e| internal(e))?;
+        let records = self.store.read_many(Query::prefix("note/").descending().limit(limit)).await.map_err(internal)?;
         let notes = records.iter().filter_map(|r| r.json::<Stored>().ok()).map(Note::from).collect();
         Ok(Response::new(ListResponse { notes }))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let id = req.into_inner().id;
-        self.store.delete(&format!("note/{id}")).await.map_err(|e| internal(e))?;
+        self.store.delete(&format!("note/{id}")).await.map_err(internal)?;
         Ok(Response::new(DeleteResponse {}))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let notes = self.store.list(Query::prefix("note/")).await.map_err(|e| internal(e))?.len() as u64;
+        let notes = self.store.list(Query::prefix("note/")).await.map_err(internal)?.len() as u64;
         Ok(Response::new(StatsResponse {
             notes,
             announced: self.counters.announced.load(Ordering::Relaxed),
