@@ -460,6 +460,12 @@ mod tests {
             };
             Ok(tonic::Response::new(crate::proto::auth::TokenResponse { token: Some(token) }))
         }
+        async fn revoke(
+            &self,
+            _: tonic::Request<crate::proto::auth::RevokeRequest>,
+        ) -> Result<tonic::Response<crate::proto::auth::RevokeResponse>, tonic::Status> {
+            Ok(tonic::Response::new(crate::proto::auth::RevokeResponse {}))
+        }
     }
 
     async fn mock_auth_server() -> String {
