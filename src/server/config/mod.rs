@@ -1,9 +1,33 @@
 //! The config service: one JSON document per namespace, addressed by dot paths, with secrets encrypted at rest.
+//!
+//! [`document`] holds the tree and its merge semantics (an object merges leaf by leaf, anything else replaces the
+//! subtree), [`secrets`] the AES-256-GCM sealing of secret leaves under `config.key` in the data dir, and
+//! [`service`] the storage (`config.redb`) and the gRPC face with its access rules: members of a namespace read
+//! its config, administrators change it and read secrets.
+
+pub mod document;
+pub mod secrets;
+pub mod service;
 
 use super::{CoreContext, ServerError};
+use std::sync::Arc;
+
+/// The config's database file, in the data dir.
+pub const FILE: &str = "config.redb";
 
 /// Starts the config service and adds its gRPC services to `routes`.
 pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder) -> Result<(), ServerError> {
-    let _ = (ctx, routes);
+    let dir = ctx.data_dir.clone();
+    let start_error = |message: String| ServerError::Start { service: "config", message };
+    let store = tokio::task::spawn_blocking(move || {
+        let cipher = secrets::Cipher::load_or_create(&dir.join(secrets::KEY_FILE)).map_err(|e| e.to_string())?;
+        service::ConfigStore::open(&dir.join(FILE), cipher).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| start_error(e.to_string()))?
+    .map_err(start_error)?;
+    routes.add_service(crate::proto::config::config_server::ConfigServer::new(service::ConfigService::new(Arc::new(
+        store,
+    ))));
     Ok(())
 }

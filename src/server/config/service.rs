@@ -1,0 +1,275 @@
+//! The config's gRPC face and its storage: one document per namespace in `config.redb`, changed in one durable
+//! redb write transaction per `Set` or `Delete` (read, modify, write), off the async workers.
+//!
+//! Access (micro's choice; Micro required an administrator for everything): the namespace defaults to the
+//! caller's; members of the namespace may read it, administrators of it (or of `micro`) may change it and read
+//! secrets in clear text.
+
+use super::document::{DocumentError, Node, parse_path};
+use super::secrets::{Cipher, SecretError};
+use crate::proto::config::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, SetRequest, SetResponse, Value as ValueMsg, config_server,
+};
+use crate::server::auth::Caller;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The documents: namespace → JSON of the tagged [`Node`] tree.
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+/// The largest value one `Set` may carry, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// The largest document of a namespace, in bytes (as stored).
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What can go wrong in the config service.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No value at the path (or no document).
+    #[error("not found")]
+    NotFound,
+    /// A bad path or value.
+    #[error(transparent)]
+    Invalid(#[from] DocumentError),
+    /// A request too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The database failed.
+    #[error("config storage error: {0}")]
+    Storage(String),
+}
+
+impl From<redb::Error> for ConfigError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Corrupted(m) => ConfigError::Storage(format!("the config database file is corrupt: {m}")),
+            redb::Error::Io(io) if matches!(io.raw_os_error(), Some(28) | Some(122)) => {
+                ConfigError::Storage(format!("the disk is full; nothing was written: {io}"))
+            }
+            other => ConfigError::Storage(other.to_string()),
+        }
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ConfigError {
+            fn from(e: $t) -> Self {
+                ConfigError::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+storage_from!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError, redb::DatabaseError);
+
+impl From<ConfigError> for Status {
+    fn from(e: ConfigError) -> Self {
+        match &e {
+            ConfigError::NotFound => Status::not_found(e.to_string()),
+            ConfigError::Invalid(DocumentError::Secret(SecretError::Open)) => Status::internal(e.to_string()),
+            ConfigError::Invalid(DocumentError::Secret(_)) => Status::internal(e.to_string()),
+            ConfigError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            ConfigError::TooLarge(_) => Status::invalid_argument(e.to_string()),
+            ConfigError::Storage(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The config documents in a redb file.
+pub struct ConfigStore {
+    db: Database,
+    cipher: Cipher,
+}
+
+impl ConfigStore {
+    /// Opens (or creates) the database at `path`, with secrets under `cipher`.
+    pub fn open(path: &Path, cipher: Cipher) -> Result<Self, ConfigError> {
+        let db = Database::create(path)
+            .map_err(|e| ConfigError::Storage(format!("cannot open {}: {}", path.display(), ConfigError::from(e))))?;
+        let tx = db.begin_write()?;
+        tx.open_table(DOCUMENTS)?;
+        tx.commit()?;
+        Ok(Self { db, cipher })
+    }
+
+    fn load(bytes: &[u8], namespace: &str) -> Result<Node, ConfigError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::Storage(format!("the config of {namespace} cannot be read: {e}")))
+    }
+
+    /// The value at `path` of `namespace`'s document as JSON text (secrets decrypted with `reveal`).
+    pub fn get(&self, namespace: &str, path: &str, reveal: bool) -> Result<String, ConfigError> {
+        let segments = parse_path(path)?;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DOCUMENTS)?;
+        let doc = match table.get(namespace)? {
+            Some(bytes) => Self::load(bytes.value(), namespace)?,
+            None => return Err(ConfigError::NotFound),
+        };
+        let node = doc.get(&segments).ok_or(ConfigError::NotFound)?;
+        let value = node.render(namespace, &segments, reveal.then_some(&self.cipher))?;
+        Ok(value.to_string())
+    }
+
+    /// Sets `data` (JSON text) at `path`, sealing its leaves when `secret`.
+    pub fn set(&self, namespace: &str, path: &str, data: &str, secret: bool) -> Result<(), ConfigError> {
+        let segments = parse_path(path)?;
+        if data.len() > MAX_VALUE_BYTES {
+            return Err(ConfigError::TooLarge(format!(
+                "the value is {} bytes; the limit is {MAX_VALUE_BYTES} bytes (1 MiB)",
+                data.len()
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_str(data)
+            .map_err(|e| DocumentError::Value(format!("the value is not JSON ({e}); quote strings as JSON")))?;
+        let node = Node::from_json(value, namespace, &segments, secret.then_some(&self.cipher))?;
+        self.change(namespace, |doc| doc.set(&segments, node).map(|_| true))
+    }
+
+    /// Deletes the value at `path` (a missing path is not an error).
+    pub fn delete(&self, namespace: &str, path: &str) -> Result<(), ConfigError> {
+        let segments = parse_path(path)?;
+        if segments.is_empty() {
+            return Err(DocumentError::Path("key cannot be blank".into()).into());
+        }
+        self.change(namespace, |doc| Ok(doc.delete(&segments)))
+    }
+
+    /// Reads, changes and writes `namespace`'s document in one durable transaction; `f` says whether it changed.
+    fn change(
+        &self,
+        namespace: &str,
+        f: impl FnOnce(&mut Node) -> Result<bool, DocumentError>,
+    ) -> Result<(), ConfigError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(DOCUMENTS)?;
+            let mut doc = match table.get(namespace)? {
+                Some(bytes) => Self::load(bytes.value(), namespace)?,
+                None => Node::empty(),
+            };
+            if !f(&mut doc)? {
+                return Ok(());
+            }
+            let bytes = serde_json::to_vec(&doc).map_err(|e| ConfigError::Storage(e.to_string()))?;
+            if bytes.len() > MAX_DOCUMENT_BYTES {
+                return Err(ConfigError::TooLarge(format!(
+                    "the config of {namespace} would exceed {} MiB",
+                    MAX_DOCUMENT_BYTES / (1024 * 1024)
+                )));
+            }
+            table.insert(namespace, bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The gRPC config service.
+#[derive(Clone)]
+pub struct ConfigService {
+    store: Arc<ConfigStore>,
+}
+
+impl ConfigService {
+    /// Serves `store`.
+    pub fn new(store: Arc<ConfigStore>) -> Self {
+        Self { store }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ConfigStore) -> Result<T, ConfigError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("a config task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+/// The namespace a request names, else the caller's, else `micro`.
+fn namespace(requested: &str, caller: &Caller) -> String {
+    [requested, caller.namespace.as_str()]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or(crate::DEFAULT_NAMESPACE)
+        .to_string()
+}
+
+#[tonic::async_trait]
+impl config_server::Config for ConfigService {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let ns = namespace(&r.namespace, &caller);
+        let reveal = r.options.is_some_and(|o| o.secret);
+        if reveal {
+            caller.require_admin(&ns)?;
+        } else {
+            caller.require_member(&ns)?;
+        }
+        let data = self.blocking(move |s| s.get(&ns, &r.path, reveal)).await?;
+        Ok(Response::new(GetResponse { value: Some(ValueMsg { data, format: "json".into() }) }))
+    }
+
+    async fn set(&self, req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let ns = namespace(&r.namespace, &caller);
+        caller.require_admin(&ns)?;
+        let data = r.value.map(|v| v.data).unwrap_or_default();
+        if data.is_empty() {
+            return Err(Status::invalid_argument("a value is required"));
+        }
+        let secret = r.options.is_some_and(|o| o.secret);
+        self.blocking(move |s| s.set(&ns, &r.path, &data, secret)).await?;
+        Ok(Response::new(SetResponse {}))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let ns = namespace(&r.namespace, &caller);
+        caller.require_admin(&ns)?;
+        self.blocking(move |s| s.delete(&ns, &r.path)).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> ConfigStore {
+        let cipher = Cipher::load_or_create(&dir.join(super::super::secrets::KEY_FILE)).unwrap();
+        ConfigStore::open(&dir.join("config.redb"), cipher).unwrap()
+    }
+
+    #[test]
+    fn set_get_delete_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert!(matches!(store.get("micro", "a", false), Err(ConfigError::NotFound)));
+        store.set("micro", "a.b", r#"{"x":1}"#, false).unwrap();
+        store.set("micro", "a.b", r#"{"y":2}"#, false).unwrap();
+        store.set("micro", "pw", r#""hunter2""#, true).unwrap();
+        assert_eq!(store.get("micro", "a", false).unwrap(), r#"{"b":{"x":1,"y":2}}"#);
+        assert_eq!(store.get("micro", "pw", false).unwrap(), r#""[secret]""#);
+        assert_eq!(store.get("micro", "pw", true).unwrap(), r#""hunter2""#);
+        assert!(matches!(store.get("micro", "a.c", false), Err(ConfigError::NotFound)));
+        assert!(matches!(store.get("other", "a", false), Err(ConfigError::NotFound)));
+        assert!(matches!(store.set("micro", "a", "not json", false), Err(ConfigError::Invalid(_))));
+        assert!(matches!(store.delete("micro", ""), Err(ConfigError::Invalid(_))));
+        store.delete("micro", "a.b.x").unwrap();
+        store.delete("micro", "missing.path").unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get("micro", "a", false).unwrap(), r#"{"b":{"y":2}}"#);
+        assert_eq!(store.get("micro", "pw", true).unwrap(), r#""hunter2""#);
+        let raw = std::fs::read(dir.path().join("config.redb")).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"hunter2"), "the secret is not in the file in clear text");
+    }
+}
