@@ -56,6 +56,10 @@ pub const MICRO_REGISTER_TTL: &str = "MICRO_REGISTER_TTL";
 /// Services: how often to re-register, as a duration (default `30s`).
 pub const MICRO_REGISTER_INTERVAL: &str = "MICRO_REGISTER_INTERVAL";
 
+/// `micro new`: the directory of micro's source (a checkout of micro) that new services depend on, when
+/// `--micro-path` is not given. Default: the source tree the `micro` binary was built from, if it is still there.
+pub const MICRO_SOURCE: &str = "MICRO_SOURCE";
+
 /// Reads a variable, treating an empty value as unset.
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -12,15 +12,11 @@
 //! and package name is invalid input (exit 128); an existing NAME is refused (exit 1), and nothing is written.
 
 use super::output::Printer;
+use crate::env::MICRO_SOURCE;
 use crate::exit::CliError;
 use crate::settings::{Output, Settings};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-
-/// Environment: the directory of micro's source (a checkout of this repository) that `micro new` makes services
-/// depend on, when `--micro-path` is not given. Default: the source tree the `micro` binary was built from, if it
-/// is still there.
-pub const MICRO_SOURCE: &str = "MICRO_SOURCE";
 
 /// Flags of `micro new`.
 #[derive(Debug, clap::Args)]
