@@ -29,27 +29,42 @@ pub struct Args {
     pub api_cors_origins: Vec<String>,
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_new(env::var(env::MICRO_LOG_LEVEL).unwrap_or_else(|| "info".into()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 /// Sets up logging (to stderr; `MICRO_LOG_LEVEL`, default `info`).
 pub fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(env::var(env::MICRO_LOG_LEVEL).unwrap_or_else(|| "info".into()))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
+/// Sets up the server's logging: to stderr, and to `logs/server.log` in `data_dir` (rotated by size), which
+/// `micro logs server` reads.
+pub fn init_server_logging(data_dir: &std::path::Path) {
+    use crate::server::runtime::logs::{LOG_MAX_BYTES, LogFile, LogWriter, server_log_path};
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let file = LogWriter(std::sync::Arc::new(LogFile::new(server_log_path(data_dir), LOG_MAX_BYTES)));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let file = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file);
+    let _ = tracing_subscriber::registry().with(log_filter()).with(stderr).with(file).try_init();
+}
+
 /// Runs the server.
 pub async fn exec(args: Args) -> anyhow::Result<()> {
-    init_logging();
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => directories::ProjectDirs::from("dev", "micro", "micro")
             .map(|p| p.data_dir().to_path_buf())
             .ok_or_else(|| CliError::failure("cannot find a home directory; pass --data-dir"))?,
     };
+    init_server_logging(&data_dir);
     let listener = tokio::net::TcpListener::bind(&args.proxy_address).await.map_err(|e| {
         CliError::failure(format!(
             "cannot listen on {} ({e}); is another micro server running? Choose another address with --proxy-address",

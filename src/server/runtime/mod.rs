@@ -1,9 +1,80 @@
 //! The runtime service: a process manager that builds, runs, supervises and logs services.
+//!
+//! `micro run` uploads a source (or names a git repository); the runtime unpacks it into its own tree in the data
+//! dir, builds a Rust package with cargo (or runs the given command), and starts the service's processes with the
+//! environment a micro service needs (proxy, name, namespace, a service account). It restarts crashed processes
+//! with backoff, keeps their output in rotated log files, registers foreign gRPC services from their reflection,
+//! and records every service durably (`runtime.redb`) so that they come back when the server restarts. When the
+//! server stops, every process it started is stopped.
+//!
+//! - [`manager`]: services, deployments (create, blue-green update, restore) and records;
+//! - [`process`]: process groups, readiness, restarts with backoff, stopping;
+//! - [`builder`]: `cargo build` with progress; [`source`]: uploads, git, packages; [`deploy`]: a deployment's output;
+//! - [`logs`]: log files, tails that seek from the end, followers; [`records`]: the redb store;
+//! - [`foreign`]: gRPC reflection → registry; [`service`]: the gRPC face.
+
+pub mod builder;
+pub mod deploy;
+pub mod foreign;
+pub mod logs;
+pub mod manager;
+pub mod process;
+pub mod records;
+pub mod service;
+pub mod source;
 
 use super::{CoreContext, ServerError};
+use crate::proto::runtime::{runtime_server::RuntimeServer, source_server::SourceServer};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Starts the runtime service and adds its gRPC services to `routes`.
+/// `micro server`: the cargo profile the runtime builds Rust services with (default `release`; `dev` builds much
+/// faster and is what the tests use).
+pub const MICRO_RUNTIME_CARGO_PROFILE: &str = "MICRO_RUNTIME_CARGO_PROFILE";
+/// `micro server`: the cargo target dir every runtime build shares, so that dependencies compile once (default
+/// `<data dir>/runtime/target`).
+pub const MICRO_RUNTIME_TARGET_DIR: &str = "MICRO_RUNTIME_TARGET_DIR";
+/// `micro server`: how long a stopped service gets between SIGTERM and SIGKILL, as a duration (default `5s`).
+pub const MICRO_RUNTIME_KILL_GRACE: &str = "MICRO_RUNTIME_KILL_GRACE";
+
+/// The default cargo profile of runtime builds.
+pub const DEFAULT_PROFILE: &str = "release";
+/// The default time between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+fn start_error(message: impl Into<String>) -> ServerError {
+    ServerError::Start { service: "runtime", message: message.into() }
+}
+
+/// The runtime's settings from the environment, with the data dir's defaults.
+pub fn settings(data_dir: &std::path::Path) -> Result<manager::Settings, ServerError> {
+    let root = data_dir.join("runtime");
+    let profile = crate::env::var(MICRO_RUNTIME_CARGO_PROFILE).unwrap_or_else(|| DEFAULT_PROFILE.into());
+    if !profile.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(start_error(format!("{MICRO_RUNTIME_CARGO_PROFILE}={profile:?} is not a cargo profile name")));
+    }
+    let target_dir =
+        crate::env::var(MICRO_RUNTIME_TARGET_DIR).map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target_dir = std::path::absolute(&target_dir)
+        .map_err(|e| start_error(format!("{MICRO_RUNTIME_TARGET_DIR}={}: {e}", target_dir.display())))?;
+    let grace = crate::env::duration(MICRO_RUNTIME_KILL_GRACE, DEFAULT_GRACE).map_err(start_error)?;
+    Ok(manager::Settings {
+        records: data_dir.join("runtime.redb"),
+        root,
+        build: builder::BuildSettings { profile, target_dir },
+        grace,
+    })
+}
+
+/// Starts the runtime service and adds its gRPC services to `routes`. The recorded services start in the
+/// background.
 pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder) -> Result<(), ServerError> {
-    let _ = (ctx, routes);
+    let settings = settings(&ctx.data_dir)?;
+    std::fs::create_dir_all(&settings.root)
+        .map_err(|e| start_error(format!("cannot create {}: {e}", settings.root.display())))?;
+    let rt = manager::Runtime::open(ctx.clone(), settings).await.map_err(start_error)?;
+    rt.restore().await.map_err(start_error)?;
+    let service = service::RuntimeService::new(rt);
+    routes.add_service(RuntimeServer::new(service.clone())).add_service(SourceServer::new(service));
     Ok(())
 }
