@@ -56,6 +56,14 @@ pub const MICRO_REGISTER_TTL: &str = "MICRO_REGISTER_TTL";
 /// Services: how often to re-register, as a duration (default `30s`).
 pub const MICRO_REGISTER_INTERVAL: &str = "MICRO_REGISTER_INTERVAL";
 
+/// `micro server`: the cargo profile the runtime builds Rust services with (default `release`; `dev` builds much
+/// faster and is what the tests use).
+pub const MICRO_RUNTIME_CARGO_PROFILE: &str = "MICRO_RUNTIME_CARGO_PROFILE";
+/// `micro server`: the cargo target dir every runtime build shares, so that dependencies compile once (default
+/// `<data dir>/runtime/target`).
+pub const MICRO_RUNTIME_TARGET_DIR: &str = "MICRO_RUNTIME_TARGET_DIR";
+/// `micro server`: how long a stopped service gets between SIGTERM and SIGKILL, as a duration (default `5s`).
+pub const MICRO_RUNTIME_KILL_GRACE: &str = "MICRO_RUNTIME_KILL_GRACE";
 /// `micro new`: the directory of micro's source (a checkout of micro) that new services depend on, when
 /// `--micro-path` is not given. Default: the source tree the `micro` binary was built from, if it is still there.
 pub const MICRO_SOURCE: &str = "MICRO_SOURCE";

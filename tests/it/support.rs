@@ -359,6 +359,18 @@ impl Platform {
     }
 }
 
+impl Drop for Platform {
+    /// Stops the server gracefully first (SIGTERM, at most 10 s), so the runtime stops the services it started;
+    /// the server's [`Proc`] then SIGKILLs whatever is left.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.server.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.server.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The temporary directories of one platform (or one CLI run without a server).
 pub struct Dirs {
     root: tempfile::TempDir,

@@ -24,18 +24,10 @@ pub mod service;
 pub mod source;
 
 use super::{CoreContext, ServerError};
+use crate::env::{MICRO_RUNTIME_CARGO_PROFILE, MICRO_RUNTIME_KILL_GRACE, MICRO_RUNTIME_TARGET_DIR};
 use crate::proto::runtime::{runtime_server::RuntimeServer, source_server::SourceServer};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// `micro server`: the cargo profile the runtime builds Rust services with (default `release`; `dev` builds much
-/// faster and is what the tests use).
-pub const MICRO_RUNTIME_CARGO_PROFILE: &str = "MICRO_RUNTIME_CARGO_PROFILE";
-/// `micro server`: the cargo target dir every runtime build shares, so that dependencies compile once (default
-/// `<data dir>/runtime/target`).
-pub const MICRO_RUNTIME_TARGET_DIR: &str = "MICRO_RUNTIME_TARGET_DIR";
-/// `micro server`: how long a stopped service gets between SIGTERM and SIGKILL, as a duration (default `5s`).
-pub const MICRO_RUNTIME_KILL_GRACE: &str = "MICRO_RUNTIME_KILL_GRACE";
 
 /// The default cargo profile of runtime builds.
 pub const DEFAULT_PROFILE: &str = "release";
