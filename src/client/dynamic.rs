@@ -62,12 +62,17 @@ impl Decoder for DynamicDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         // Always Some, even for an empty buffer: an empty buffer is a valid message with every field at its default.
-        let mut message = DynamicMessage::new(self.0.clone());
-        message
-            .merge(src.copy_to_bytes(src.remaining()))
-            .map_err(|e| Status::internal(format!("decoding the response as {}: {e}", self.0.full_name())))?;
-        Ok(Some(message))
+        decode_message(&self.0, src.copy_to_bytes(src.remaining())).map(Some)
     }
+}
+
+/// Decodes one response message of type `descriptor` from its encoding.
+pub fn decode_message(descriptor: &MessageDescriptor, bytes: bytes::Bytes) -> Result<DynamicMessage, Status> {
+    let mut message = DynamicMessage::new(descriptor.clone());
+    message
+        .merge(bytes)
+        .map_err(|e| Status::internal(format!("decoding the response as {}: {e}", descriptor.full_name())))?;
+    Ok(message)
 }
 
 /// Options of one call.

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod request;
 pub mod resolve;
 pub mod stream;
+mod unary;
 
 #[cfg(test)]
 mod tests;
@@ -24,21 +25,22 @@ use crate::server::registry::{MemoryRegistry, RegistryBackend, service::NAMESPAC
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
 use error::{ApiError, GATEWAY_ID};
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use resolve::{Resolver, Target};
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::{Service, ServiceExt};
 
 /// The largest request body the gateway reads.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -65,29 +67,113 @@ struct Inner {
     config: GatewayConfig,
     /// Cancelled when the server shuts down: open streams then end.
     closing: CancellationToken,
+    /// The issuers of recently seen tokens.
+    issuers: Issuers,
+}
+
+/// The issuers of recently seen bearer tokens ([`token_issuer`]), so that a token's payload is decoded once rather
+/// than on every request. Bounded: cleared when full, and long values are not kept.
+#[derive(Default)]
+struct Issuers(std::sync::RwLock<std::collections::HashMap<Box<[u8]>, Issuer>>);
+
+/// The issuer of a token, `None` when the token has none that can be read.
+type Issuer = Option<Box<str>>;
+
+impl Issuers {
+    /// The most tokens remembered.
+    const LIMIT: usize = 1024;
+    /// The longest `Authorization` value remembered.
+    const MAX_VALUE: usize = 4096;
+
+    fn of(&self, authorization: &HeaderValue) -> Option<String> {
+        let key = authorization.as_bytes();
+        if key.len() > Self::MAX_VALUE {
+            return token_issuer(authorization);
+        }
+        if let Some(known) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return known.as_deref().map(str::to_string);
+        }
+        let issuer = token_issuer(authorization);
+        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::LIMIT {
+            known.clear();
+        }
+        known.insert(key.into(), issuer.as_deref().map(Into::into));
+        issuer
+    }
 }
 
 impl Gateway {
     /// A gateway that calls services through `proxy` (where auth is enforced) and reads schemas from `registry`.
     pub fn new(proxy: Proxy, registry: Arc<MemoryRegistry>, config: GatewayConfig) -> Self {
         let resolver = Resolver::new(registry.clone());
-        Self { inner: Arc::new(Inner { proxy, registry, resolver, config, closing: CancellationToken::new() }) }
+        let closing = CancellationToken::new();
+        let issuers = Issuers::default();
+        Self { inner: Arc::new(Inner { proxy, registry, resolver, config, closing, issuers }) }
     }
 
     /// The gateway's routes: `/`, `/openapi.json`, `/favicon.ico` and every service path, behind CORS.
     pub fn router(&self) -> Router {
-        Router::new()
+        Router::new().fallback_service(self.service())
+    }
+
+    /// The gateway as one tower service, which [`serve`] runs without a router around it. Service paths, the hot
+    /// path, go straight to [`rpc`]; only the three fixed routes go through an axum router.
+    fn service(&self) -> GatewayService {
+        let fixed = Router::new()
             .route("/", any(root))
             .route("/favicon.ico", any(|| async { StatusCode::OK }))
             .route("/openapi.json", get(openapi))
-            .fallback(rpc)
-            .layer(from_fn_with_state(self.inner.clone(), cors))
-            .with_state(self.inner.clone())
+            .with_state(self.inner.clone());
+        GatewayService { inner: self.inner.clone(), fixed }
     }
 
     /// Ends every open response stream (watches, SSE), as when the server shuts down.
     pub fn close_streams(&self) {
         self.inner.closing.cancel();
+    }
+}
+
+/// The gateway's tower service: CORS on every answer, `OPTIONS` answered at once, the fixed routes, and [`rpc`]
+/// for every other path.
+#[derive(Clone)]
+struct GatewayService {
+    inner: Arc<Inner>,
+    /// `/`, `/favicon.ico` and `/openapi.json`.
+    fixed: Router,
+}
+
+impl Service<Request> for GatewayService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // CORS (reference §5.5): headers on every answer (unless already set), and `OPTIONS` answered at once.
+        let allowed = allowed_origin(&self.inner.config.cors_origins, req.headers().get(header::ORIGIN));
+        if req.method() == Method::OPTIONS {
+            return Box::pin(std::future::ready(Ok(cors(StatusCode::OK.into_response(), allowed))));
+        }
+        match req.uri().path() {
+            "/" | "/favicon.ico" | "/openapi.json" => {
+                let fixed = self.fixed.clone();
+                Box::pin(async move {
+                    let rsp = match fixed.oneshot(req).await {
+                        Ok(rsp) => rsp,
+                        Err(never) => match never {},
+                    };
+                    Ok(cors(rsp, allowed))
+                })
+            }
+            _ => {
+                let inner = self.inner.clone();
+                Box::pin(async move { Ok(cors(rpc(&inner, req).await, allowed)) })
+            }
+        }
     }
 }
 
@@ -98,15 +184,16 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::ServiceExt as _;
     use axum::serve::ListenerExt;
     let closing = gateway.inner.closing.clone();
-    let router = gateway.router();
+    let service = gateway.service();
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::trace!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
+    axum::serve(listener, service.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             closing.cancel();
@@ -127,8 +214,12 @@ pub(crate) fn json_bytes(message: &DynamicMessage) -> Vec<u8> {
 }
 
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut rsp = (status, body.into()).into_response();
-    rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Room for the content type and the CORS headers added later, so the map is allocated once.
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut rsp = Response::new(body.into());
+    *rsp.status_mut() = status;
+    *rsp.headers_mut() = headers;
     rsp
 }
 
@@ -139,14 +230,27 @@ async fn root() -> Response {
 
 /// The namespace of a request, as the proxy decides it (reference §5.4): the `Micro-Namespace` header, else the
 /// issuer of the caller's token, else `micro`.
-fn namespace(headers: &HeaderMap) -> Result<String, ApiError> {
+#[cfg(test)]
+fn namespace(headers: &HeaderMap) -> Result<Cow<'_, str>, ApiError> {
+    namespace_with(headers, None)
+}
+
+/// [`namespace`], with the token's issuer from `issuers` when given.
+fn namespace_with<'a>(headers: &'a HeaderMap, issuers: Option<&Issuers>) -> Result<Cow<'a, str>, ApiError> {
     match headers.get(NAMESPACE_HEADER).map(|v| v.to_str().map(str::trim)) {
-        Some(Ok(ns)) if !ns.is_empty() => Ok(ns.to_string()),
+        Some(Ok(ns)) if !ns.is_empty() => Ok(Cow::Borrowed(ns)),
         Some(Err(_)) => Err(ApiError::bad_request(GATEWAY_ID, "the Micro-Namespace header is not valid text")),
-        _ => Ok(authorization(headers)
-            .as_ref()
-            .and_then(token_issuer)
-            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string())),
+        _ => {
+            let credentials = match headers.get(header::AUTHORIZATION) {
+                Some(v) => Some(Cow::Borrowed(v)),
+                None => authorization(headers).map(Cow::Owned),
+            };
+            let issuer = credentials.and_then(|v| match issuers {
+                Some(issuers) => issuers.of(&v),
+                None => token_issuer(&v),
+            });
+            Ok(issuer.map_or(Cow::Borrowed(crate::DEFAULT_NAMESPACE), Cow::Owned))
+        }
     }
 }
 
@@ -154,11 +258,29 @@ fn namespace(headers: &HeaderMap) -> Result<String, ApiError> {
 /// the proxy verifies the token (a forged issuer is refused there).
 fn token_issuer(authorization: &HeaderValue) -> Option<String> {
     use base64::Engine;
+    /// The one claim read; the others are skipped without being kept.
+    #[derive(serde::Deserialize)]
+    struct Claims<'a> {
+        #[serde(borrow)]
+        iss: Option<Cow<'a, str>>,
+    }
     let token = authorization.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let issuer = claims.get("iss")?.as_str()?.trim();
+    let payload = token.split('.').nth(1)?.trim_end_matches('=');
+    // Decoded on the stack when it fits, as micro's own tokens do: this runs on every request without a namespace.
+    let mut stack = [0u8; 1024];
+    let heap;
+    let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let bytes = match engine.decode_slice(payload, &mut stack) {
+        Ok(n) => &stack[..n],
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            heap = engine.decode(payload).ok()?;
+            &heap[..]
+        }
+        Err(_) => return None,
+    };
+    let claims: Claims<'_> = serde_json::from_slice(bytes).ok()?;
+    let issuer = claims.iss?;
+    let issuer = issuer.trim();
     (!issuer.is_empty() && HeaderValue::from_str(issuer).is_ok()).then(|| issuer.to_string())
 }
 
@@ -184,18 +306,22 @@ fn authorization(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// The gRPC metadata of a call: credentials, namespace and target service. Nothing else of the HTTP request is
 /// forwarded, so hop-by-hop and HTTP-only headers never reach services.
-fn metadata(headers: &HeaderMap, namespace: &str, service: &str) -> Result<tonic::metadata::MetadataMap, ApiError> {
-    let mut out = HeaderMap::with_capacity(3);
+fn metadata(headers: &HeaderMap, namespace: &str, service: &str) -> Result<HeaderMap, ApiError> {
+    // Names built at compile time (inserting by `&str` copies a custom name every time), and room for the headers
+    // that tonic and the proxy add on the way (te, content-type, the caller's account), so the map never grows.
+    const NAMESPACE: HeaderName = HeaderName::from_static(NAMESPACE_HEADER);
+    const SERVICE: HeaderName = HeaderName::from_static(SERVICE_HEADER);
+    let mut out = HeaderMap::with_capacity(12);
     if let Some(auth) = authorization(headers) {
         out.insert(header::AUTHORIZATION, auth);
     }
     let ns = HeaderValue::from_str(namespace)
         .map_err(|_| ApiError::bad_request(GATEWAY_ID, "the Micro-Namespace header is not valid text"))?;
-    out.insert(NAMESPACE_HEADER, ns);
+    out.insert(NAMESPACE, ns);
     let svc = HeaderValue::from_str(service)
         .map_err(|_| ApiError::internal(service, "the service name cannot be sent as metadata"))?;
-    out.insert(SERVICE_HEADER, svc);
-    Ok(tonic::metadata::MetadataMap::from_headers(out))
+    out.insert(SERVICE, svc);
+    Ok(out)
 }
 
 /// The proxy as a gRPC client transport: tonic's request body in, the proxy's response body out.
@@ -222,22 +348,33 @@ fn grpc(proxy: &Proxy) -> tonic::client::Grpc<ProxyTransport> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-/// Reads a body of at most [`MAX_BODY`] bytes.
+/// Reads a body of at most [`MAX_BODY`] bytes. A body that arrives in one chunk, as small requests do, is kept as
+/// it is, without a copy.
 async fn read_body(body: Body, id: &str) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
     let mut out = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(id, format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > MAX_BODY {
+        let held = first.as_ref().map_or(0, Bytes::len);
+        if held + out.len() + chunk.len() > MAX_BODY {
             return Err(ApiError::new(
                 id,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is larger than {} MiB", MAX_BODY / (1024 * 1024)),
             ));
         }
-        out.extend_from_slice(&chunk);
+        match first.take() {
+            None if out.is_empty() => first = Some(chunk),
+            held => {
+                if let Some(held) = held {
+                    out.extend_from_slice(&held);
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(out.freeze())
+    Ok(first.unwrap_or_else(|| out.freeze()))
 }
 
 async fn openapi(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
@@ -247,21 +384,25 @@ async fn openapi(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Respons
     }
 }
 
-async fn rpc(State(inner): State<Arc<Inner>>, req: Request) -> Response {
-    let started = std::time::Instant::now();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+/// A call to a service: the answer, or the error as Micro's JSON. Logged at debug level.
+async fn rpc(inner: &Inner, req: Request) -> Response {
+    // The request line is copied only when it will be logged: this runs on every call.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (std::time::Instant::now(), req.method().clone(), req.uri().path().to_string()));
     let rsp = match inner.rpc(req).await {
         Ok(rsp) => rsp,
         Err(e) => e.into_response(),
     };
-    tracing::debug!(%method, %path, status = rsp.status().as_u16(), elapsed = ?started.elapsed(), "api request");
+    if let Some((started, method, path)) = logged {
+        tracing::debug!(%method, %path, status = rsp.status().as_u16(), elapsed = ?started.elapsed(), "api request");
+    }
     rsp
 }
 
 impl Inner {
     async fn rpc(&self, req: Request) -> Result<Response, ApiError> {
         let (parts, body) = req.into_parts();
-        let namespace = namespace(&parts.headers)?;
+        let namespace = namespace_with(&parts.headers, Some(&self.issuers))?;
         let target = match self.resolver.resolve(&namespace, parts.uri.path()) {
             Ok(target) => target,
             Err(e) if e.code == StatusCode::NOT_FOUND.as_u16() => {
@@ -274,8 +415,11 @@ impl Inner {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-            .unwrap_or_default();
+            .map(|v| v.split(';').next().unwrap_or_default().trim())
+            .map_or(Cow::Borrowed(""), |v| match v.bytes().any(|b| b.is_ascii_uppercase()) {
+                true => Cow::Owned(v.to_ascii_lowercase()),
+                false => Cow::Borrowed(v),
+            });
         let declared_form = content_type == "application/x-www-form-urlencoded";
         if content_type.starts_with("multipart/")
             || content_type.starts_with("application/grpc")
@@ -301,41 +445,50 @@ impl Inner {
     async fn call(
         &self,
         target: &Target,
-        metadata: tonic::metadata::MetadataMap,
+        metadata: HeaderMap,
         input: request::Input<'_>,
         format: stream::Format,
     ) -> Result<Response, ApiError> {
         let id = target.service.as_str();
         let method = &target.method;
-        let path = http::uri::PathAndQuery::try_from(crate::schema::method_path(method))
-            .map_err(|e| ApiError::internal(id, format!("invalid method path: {e}")))?;
+        let path = match &target.path {
+            Some(path) => path.clone(),
+            None => http::uri::PathAndQuery::try_from(crate::schema::method_path(method))
+                .map_err(|e| ApiError::internal(id, format!("invalid method path: {e}")))?,
+        };
         let codec = DynamicCodec::new(method.output());
         let mut grpc = grpc(&self.proxy);
-        fn with<T>(metadata: &tonic::metadata::MetadataMap, message: T) -> tonic::Request<T> {
-            tonic::Request::from_parts(metadata.clone(), Default::default(), message)
+        fn with<T>(metadata: HeaderMap, message: T) -> tonic::Request<T> {
+            tonic::Request::from_parts(
+                tonic::metadata::MetadataMap::from_headers(metadata),
+                Default::default(),
+                message,
+            )
         }
-        let request = |m| with(&metadata, m);
-        let requests = |ms: Vec<DynamicMessage>| with(&metadata, futures::stream::iter(ms));
         let status = |s: tonic::Status| ApiError::from_status(id, &s);
         match (method.is_client_streaming(), method.is_server_streaming()) {
             (false, false) => {
                 let message = request::message(&method.input(), input, id)?;
-                let rsp = grpc.unary(request(message), path, codec).await.map_err(status)?;
-                Ok(json_response(StatusCode::OK, json_bytes(rsp.get_ref())))
+                let output = method.output();
+                let rsp = unary::call(&self.proxy, path, metadata, &message, &output, MAX_MESSAGE).await;
+                Ok(json_response(StatusCode::OK, json_bytes(&rsp.map_err(status)?)))
             }
             (false, true) => {
                 let message = request::message(&method.input(), input, id)?;
-                let rsp = grpc.server_streaming(request(message), path, codec).await.map_err(status)?;
+                let rsp = grpc.server_streaming(with(metadata, message), path, codec).await.map_err(status)?;
                 Ok(stream::respond(format, id.to_string(), rsp.into_inner(), self.closing.clone()))
             }
             (true, false) => {
                 let messages = request::messages(&method.input(), input, id)?;
-                let rsp = grpc.client_streaming(requests(messages), path, codec).await;
+                let rsp = grpc.client_streaming(with(metadata, futures::stream::iter(messages)), path, codec).await;
                 Ok(json_response(StatusCode::OK, json_bytes(rsp.map_err(status)?.get_ref())))
             }
             (true, true) => {
                 let messages = request::messages(&method.input(), input, id)?;
-                let rsp = grpc.streaming(requests(messages), path, codec).await.map_err(status)?;
+                let rsp = grpc
+                    .streaming(with(metadata, futures::stream::iter(messages)), path, codec)
+                    .await
+                    .map_err(status)?;
                 Ok(stream::respond(format, id.to_string(), rsp.into_inner(), self.closing.clone()))
             }
         }
@@ -364,9 +517,10 @@ impl Inner {
     /// caller's credentials, so that it is subject to the same auth as `micro services`.
     async fn openapi(&self, headers: &HeaderMap) -> Result<serde_json::Value, ApiError> {
         use crate::proto::registry::{ListRequest, registry_client::RegistryClient};
-        let namespace = namespace(headers)?;
+        let namespace = namespace_with(headers, Some(&self.issuers))?;
         let metadata = metadata(headers, &namespace, "registry")?;
         let mut client = RegistryClient::new(ProxyTransport(self.proxy.clone())).max_decoding_message_size(MAX_MESSAGE);
+        let metadata = tonic::metadata::MetadataMap::from_headers(metadata);
         let req = tonic::Request::from_parts(metadata, Default::default(), ListRequest::default());
         let services = client.list_services(req).await.map_err(|s| ApiError::from_status("registry", &s))?;
         let registry = &self.registry;
@@ -374,11 +528,9 @@ impl Inner {
     }
 }
 
-/// CORS (reference §5.5): headers on every answer (unless already set), and `OPTIONS` answered at once.
-async fn cors(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = allowed_origin(&inner.config.cors_origins, origin.as_ref());
-    let mut rsp = if req.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(req).await };
+/// `rsp` with the CORS headers (reference §5.5) of a request whose origin is `allowed` (`None`: not allowed), each
+/// unless already set.
+fn cors(mut rsp: Response, allowed: Option<HeaderValue>) -> Response {
     if let Some(origin) = allowed {
         let echoed = origin != "*";
         let headers = rsp.headers_mut();

@@ -127,6 +127,8 @@ pub struct Target {
     pub endpoint: String,
     /// The method, from the service's schema.
     pub method: MethodDescriptor,
+    /// The method's gRPC path (`/helloworld.Helloworld/Call`), built once; `None` if it is not a valid path.
+    pub path: Option<http::uri::PathAndQuery>,
 }
 
 /// Finds the endpoint of `candidate` among the endpoints of a service's versions: its registry name and gRPC path.
@@ -188,7 +190,8 @@ pub fn resolve_uncached(registry: &MemoryRegistry, namespace: &str, path: &str) 
                 format!("endpoint {endpoint} of service \"{id}\" ({grpc_path}) is not in its schema"),
             ));
         };
-        return Ok(Target { service: id.clone(), endpoint: endpoint.to_string(), method });
+        let path = http::uri::PathAndQuery::try_from(crate::schema::method_path(&method)).ok();
+        return Ok(Target { service: id.clone(), endpoint: endpoint.to_string(), method, path });
     }
     match known {
         Some(c) => Err(ApiError::not_found(

@@ -490,4 +490,18 @@ fn namespace_from_header_then_token_issuer() {
     for bad in ["Bearer x", "Bearer a.!!!.c", "Basic abc", "Bearer a.e30.c"] {
         assert_eq!(token_issuer(&HeaderValue::from_static(bad)), None, "{bad}");
     }
+    // Escaped issuers, and payloads too long for the stack buffer, read the same.
+    let long = format!(r#"{{"sub":"{}","iss":"ten\u0061nt"}}"#, "x".repeat(2000));
+    let value = HeaderValue::from_str(&format!("Bearer h.{}.s", b64(&long))).unwrap();
+    assert_eq!(token_issuer(&value).as_deref(), Some("tenant"));
+    // The cache answers as the parser does, for readable and unreadable tokens, also once it has been cleared.
+    let issuers = Issuers::default();
+    let tokens: Vec<HeaderValue> = (0..Issuers::LIMIT + 10)
+        .map(|i| HeaderValue::from_str(&format!("Bearer h.{}.s", b64(&format!(r#"{{"iss":"ns{i}"}}"#)))).unwrap())
+        .collect();
+    for value in tokens.iter().chain(&tokens[..5]).chain([&value, &HeaderValue::from_static("Bearer x")]) {
+        assert_eq!(issuers.of(value), token_issuer(value));
+        assert_eq!(issuers.of(value), token_issuer(value));
+    }
+    assert!(issuers.0.read().unwrap().len() <= Issuers::LIMIT);
 }

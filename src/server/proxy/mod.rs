@@ -11,7 +11,8 @@ pub mod reflection;
 use crate::server::auth::{Account, Auth, Caller};
 use crate::server::registry::{MemoryRegistry, RegistryBackend, service::NAMESPACE_HEADER};
 use axum::body::Body;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -184,17 +185,18 @@ impl Proxy {
     }
 
     fn route(&self, mut req: Request<Body>) -> Result<Target, Status> {
+        // Everything is read from `req` by reference first and only what must outlive it is copied, once, before
+        // `req` is changed at the end: this runs on every call through the proxy.
         let path = req.uri().path();
         let (grpc_service, method) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-            Some((svc, method)) if !svc.is_empty() && !method.is_empty() && !method.contains('/') => {
-                (svc.to_string(), method.to_string())
-            }
+            Some((svc, method)) if !svc.is_empty() && !method.is_empty() && !method.contains('/') => (svc, method),
             _ => return Err(Status::invalid_argument(format!("malformed method name: {path:?}"))),
         };
-        let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-        let explicit = header(SERVICE_HEADER).map(str::to_string);
-        let node_id = header(NODE_HEADER).map(str::to_string);
-        let requested_namespace = header(NAMESPACE_HEADER).map(str::to_string);
+        let headers = req.headers();
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let explicit = header(SERVICE_HEADER);
+        let node_id = header(NODE_HEADER);
+        let requested_namespace = header(NAMESPACE_HEADER);
         let inner = &self.inner;
 
         // Who is calling.
@@ -208,55 +210,68 @@ impl Proxy {
             },
             _ => (None, None),
         };
-        let namespace = requested_namespace
-            .or_else(|| account.as_ref().map(|a| a.issuer.clone()))
-            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string());
+        let namespace: &str = requested_namespace
+            .or_else(|| account.as_ref().map(|a| a.issuer.as_str()))
+            .unwrap_or(crate::DEFAULT_NAMESPACE);
 
         // Which service: explicit header, core, the registered owner of the gRPC service, or Micro's convention.
-        let (name, core) = match explicit {
-            Some(name) => {
-                let core = inner.core_names.contains(&name);
-                (name, core)
-            }
-            None if inner.core_grpc.contains(&grpc_service) => (convention_name(&grpc_service), true),
-            None => match inner.registry.service_for_grpc(&namespace, &grpc_service) {
-                Some(name) => (name, false),
-                None => (convention_name(&grpc_service), false),
+        let (name, core): (Cow<'_, str>, bool) = match explicit {
+            Some(name) => (Cow::Borrowed(name), inner.core_names.contains(name)),
+            None if inner.core_grpc.contains(grpc_service) => (Cow::Borrowed(convention_name(grpc_service)), true),
+            None => match inner.registry.service_for_grpc(namespace, grpc_service) {
+                Some(name) => (Cow::Owned(name), false),
+                None => (Cow::Borrowed(convention_name(grpc_service)), false),
             },
         };
-        let core = core || inner.core_names.contains(&name);
+        let core = core || inner.core_names.contains(name.as_ref());
 
-        if let Some(auth) = &inner.auth {
-            let handler = grpc_service.rsplit('.').next().unwrap_or(&grpc_service);
-            let endpoint = format!("{handler}.{method}");
-            if let Err(denied) = auth.authorize(account.as_ref(), &namespace, &name, &endpoint) {
-                // A bad token matters only where access needs an account: say what was wrong with it.
-                return Err(match token_error {
-                    Some(e) if denied.code() == tonic::Code::Unauthenticated => e,
-                    _ => denied,
-                });
+        let caller = match &inner.auth {
+            Some(auth) => {
+                let handler = grpc_service.rsplit('.').next().unwrap_or(grpc_service);
+                let endpoint = format!("{handler}.{method}");
+                if let Err(denied) = auth.authorize(account.as_ref(), namespace, &name, &endpoint) {
+                    // A bad token matters only where access needs an account: say what was wrong with it.
+                    return Err(match token_error {
+                        Some(e) if denied.code() == tonic::Code::Unauthenticated => e,
+                        _ => denied,
+                    });
+                }
+                let loopback = req
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|i| i.remote_addr())
+                    .is_some_and(|a| a.ip().is_loopback());
+                Some(loopback)
             }
-            let loopback = req
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|i| i.remote_addr())
-                .is_some_and(|a| a.ip().is_loopback());
-            req.extensions_mut().insert(Caller { account: account.clone(), namespace: namespace.clone(), loopback });
-            set_account_headers(&mut req, account.as_ref());
-        }
-        if core {
-            return Ok(Target::Core(req));
-        }
-        let route = inner.registry.route(&namespace, &name).filter(|r| !r.nodes.is_empty());
-        let Some(route) = route else { return Err(Status::not_found(format!("service \"{name}\" not found"))) };
-        let address = match node_id {
-            Some(id) => match route.nodes.iter().find(|(_, node)| *node == id) {
-                Some((addr, _)) => addr.clone(),
-                None => return Err(Status::not_found(format!("node \"{id}\" of service \"{name}\" not found"))),
-            },
-            None => self.pick(&route.nodes),
+            None => None,
         };
-        Ok(Target::Node { name, address, req })
+        let node = if core {
+            None
+        } else {
+            let route = inner.registry.route(namespace, &name).filter(|r| !r.nodes.is_empty());
+            let Some(route) = route else { return Err(Status::not_found(format!("service \"{name}\" not found"))) };
+            let address = match node_id {
+                Some(id) => match route.nodes.iter().find(|(_, node)| *node == id) {
+                    Some((addr, _)) => addr.clone(),
+                    None => return Err(Status::not_found(format!("node \"{id}\" of service \"{name}\" not found"))),
+                },
+                None => self.pick(&route.nodes),
+            };
+            Some((name.into_owned(), address))
+        };
+        if let Some(loopback) = caller {
+            // Only core services, served in this process, read the caller; extensions do not cross the network.
+            let caller =
+                node.is_none().then(|| Caller { account: account.clone(), namespace: namespace.into(), loopback });
+            set_account_headers(&mut req, account.as_ref());
+            if let Some(caller) = caller {
+                req.extensions_mut().insert(caller);
+            }
+        }
+        Ok(match node {
+            None => Target::Core(req),
+            Some((name, address)) => Target::Node { name, address, req },
+        })
     }
 }
 
@@ -278,10 +293,10 @@ impl Proxy {
 }
 
 /// Micro's convention: the service name is the gRPC service's name before its last `.`.
-fn convention_name(grpc_service: &str) -> String {
+fn convention_name(grpc_service: &str) -> &str {
     match grpc_service.rsplit_once('.') {
-        Some((name, _)) => name.to_string(),
-        None => grpc_service.to_string(),
+        Some((name, _)) => name,
+        None => grpc_service,
     }
 }
 
@@ -291,14 +306,17 @@ pub const ACCOUNT_ID_HEADER: &str = "micro-account-id";
 pub const ACCOUNT_ISSUER_HEADER: &str = "micro-account-issuer";
 
 fn set_account_headers(req: &mut Request<Body>, account: Option<&Account>) {
+    // Names built at compile time: inserting by `&str` would copy a custom name on every call.
+    const ACCOUNT_ID: HeaderName = HeaderName::from_static(ACCOUNT_ID_HEADER);
+    const ACCOUNT_ISSUER: HeaderName = HeaderName::from_static(ACCOUNT_ISSUER_HEADER);
     let headers = req.headers_mut();
-    headers.remove(ACCOUNT_ID_HEADER);
-    headers.remove(ACCOUNT_ISSUER_HEADER);
+    headers.remove(ACCOUNT_ID);
+    headers.remove(ACCOUNT_ISSUER);
     if let Some(a) = account
         && let (Ok(id), Ok(issuer)) = (a.id.parse(), a.issuer.parse())
     {
-        headers.insert(ACCOUNT_ID_HEADER, id);
-        headers.insert(ACCOUNT_ISSUER_HEADER, issuer);
+        headers.insert(ACCOUNT_ID, id);
+        headers.insert(ACCOUNT_ISSUER, issuer);
     }
 }
 
