@@ -35,6 +35,9 @@ pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
 pub const MICRO_API_CORS_ORIGINS: &str = "MICRO_API_CORS_ORIGINS";
 /// `micro server`: where the server keeps its data (default: the platform's data dir for micro).
 pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
+/// `micro server`: where the store keeps its records: `redb` (the embedded default) or a `postgres://` URL (needs a
+/// build with the `postgres` feature).
+pub const MICRO_STORE: &str = "MICRO_STORE";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
 pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
 

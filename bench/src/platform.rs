@@ -115,6 +115,7 @@ impl Platform {
             prune_interval: Duration::from_secs(1),
             admin_password: Some(ADMIN_PASSWORD.into()),
             cors_origins: Vec::new(),
+            store: Default::default(),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {

@@ -27,6 +27,10 @@ pub struct Args {
     /// Origins the API gateway allows for CORS (comma list); any origin when empty.
     #[arg(long, env = env::MICRO_API_CORS_ORIGINS, value_delimiter = ',', value_name = "ORIGIN")]
     pub api_cors_origins: Vec<String>,
+    /// Where the store keeps its records: `redb` (embedded, in the data dir) or a `postgres://user:password@host/db`
+    /// URL (in a build with the `postgres` feature).
+    #[arg(long, env = env::MICRO_STORE, default_value = "redb", value_parser = crate::server::store::StoreBackend::parse, value_name = "redb|URL", hide_env_values = true)]
+    pub store: crate::server::store::StoreBackend,
 }
 
 fn log_filter() -> tracing_subscriber::EnvFilter {
@@ -82,6 +86,7 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         prune_interval: args.prune_interval,
         admin_password: args.auth_admin_password,
         cors_origins: args.api_cors_origins,
+        store: args.store,
     };
     crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
         .await

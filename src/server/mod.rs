@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub admin_password: Option<String>,
     /// Origins the API gateway allows for CORS; empty allows any origin.
     pub cors_origins: Vec<String>,
+    /// Where the store keeps its records.
+    pub store: store::StoreBackend,
 }
 
 /// What can stop the server from starting or serving.
@@ -215,7 +217,7 @@ pub async fn serve_all(
         registry: registry.clone(),
     };
     let mut routes = tonic::service::RoutesBuilder::default();
-    store::start(&ctx, &mut routes).await?;
+    store::start(&ctx, &config.store, &mut routes).await?;
     config::start(&ctx, &mut routes).await?;
     broker::start(&ctx, &mut routes).await?;
     events::start(&ctx, &mut routes).await?;

@@ -15,6 +15,8 @@ mod events;
 mod gateway;
 mod new;
 mod notes;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod proxy;
 mod reflection;
 mod registry;

@@ -433,7 +433,7 @@ fn spawn_server(dirs: &Dirs, proxy_address: &str, env: &[(String, String)]) -> (
 }
 
 /// Removes every inherited variable that would change what micro does.
-fn clean_env(cmd: &mut Command) {
+pub fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if key.starts_with("MICRO_")

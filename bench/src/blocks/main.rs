@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         prune_interval: Duration::from_secs(1),
         admin_password: Some(ADMIN_PASSWORD.into()),
         cors_origins: Vec::new(),
+        store: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(micro::server::serve(listener, config, async move {

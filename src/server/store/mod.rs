@@ -1,11 +1,14 @@
-//! The store service: durable key-value records in redb, per database (namespace) and table, with group commit.
+//! The store service: durable key-value records per database (namespace) and table.
 //!
-//! [`backend`] holds the [`backend::Store`] trait and its redb implementation (group-committed writes, an expiry
-//! index); [`service`] is the gRPC face with its access checks. The records live in `store.redb` in the server's
-//! data dir. A background task deletes expired records every [`SWEEP_INTERVAL`] (reads never return them
+//! [`backend`] holds the [`backend::Store`] trait and its embedded redb implementation (group-committed writes, an
+//! expiry index), the default, whose records live in `store.redb` in the server's data dir; `postgres` (cargo
+//! feature `postgres`) keeps them in PostgreSQL instead, chosen by [`StoreBackend`]. [`service`] is the gRPC face
+//! with its access checks. A background task deletes expired records every [`SWEEP_INTERVAL`] (reads never return them
 //! anyway). Snapshots are taken by the CLI over the `Export` and `Import` RPCs (see `micro::cli::store`).
 
 pub mod backend;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod service;
 
 use super::{CoreContext, DRAIN_TIMEOUT, ServerError};
@@ -18,14 +21,67 @@ pub const FILE: &str = "store.redb";
 /// How often expired records are deleted.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where the store keeps its records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded store, `store.redb` in the data dir.
+    #[default]
+    Redb,
+    /// A PostgreSQL database, by connection URL (needs the `postgres` cargo feature).
+    Postgres(String),
+}
+
+impl StoreBackend {
+    /// Parses `redb` (or empty) or a `postgres://`/`postgresql://` URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() || text == "redb" {
+            return Ok(StoreBackend::Redb);
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreBackend::Postgres(text.to_string()));
+        }
+        Err(format!("unknown store {text:?}: use redb (the default) or a postgres://user:password@host/db URL"))
+    }
+}
+
 /// Starts the store service and adds its gRPC services to `routes`.
-pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder) -> Result<(), ServerError> {
-    let path = ctx.data_dir.join(FILE);
-    let (store, closed) = tokio::task::spawn_blocking(move || RedbStore::open(&path))
-        .await
-        .map_err(|e| ServerError::Start { service: "store", message: e.to_string() })?
-        .map_err(|e| ServerError::Start { service: "store", message: e.to_string() })?;
-    let store = Arc::new(store);
+pub async fn start(
+    ctx: &CoreContext,
+    backend: &StoreBackend,
+    routes: &mut tonic::service::RoutesBuilder,
+) -> Result<(), ServerError> {
+    let (store, closed): (Arc<dyn Store>, _) = match backend {
+        StoreBackend::Redb => {
+            let path = ctx.data_dir.join(FILE);
+            let (store, closed) = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+                .await
+                .map_err(|e| ServerError::Start { service: "store", message: e.to_string() })?
+                .map_err(|e| ServerError::Start { service: "store", message: e.to_string() })?;
+            (Arc::new(store), Some(closed))
+        }
+        #[cfg(feature = "postgres")]
+        StoreBackend::Postgres(url) => {
+            let store = postgres::PostgresStore::open(url).await.map_err(|e| {
+                let message = match e {
+                    backend::StoreError::Storage(m) => m,
+                    other => other.to_string(),
+                };
+                ServerError::Start { service: "store", message }
+            })?;
+            tracing::info!(url = %postgres::redact(url), "the store keeps its records in PostgreSQL");
+            (Arc::new(store), None)
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreBackend::Postgres(_) => {
+            return Err(ServerError::Start {
+                service: "store",
+                message: "this micro was built without PostgreSQL support; rebuild it with \
+                          `cargo build --release --features postgres`, or use the embedded store (--store redb)"
+                    .into(),
+            });
+        }
+    };
 
     // The sweeper holds the store weakly, so that the store closes once the service is dropped at shutdown; then
     // it waits (bounded) for the writer to finish and the database file to close cleanly.
@@ -48,11 +104,13 @@ pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder
             }
         }
         drop(weak);
-        if tokio::time::timeout(DRAIN_TIMEOUT * 2, closed).await.is_err() {
+        if let Some(closed) = closed
+            && tokio::time::timeout(DRAIN_TIMEOUT * 2, closed).await.is_err()
+        {
             tracing::warn!("the store did not close within {:?} of shutdown", DRAIN_TIMEOUT * 2);
         }
     });
 
-    routes.add_service(service::StoreService::new(store as Arc<dyn Store>, ctx.cancel.clone()).server());
+    routes.add_service(service::StoreService::new(store, ctx.cancel.clone()).server());
     Ok(())
 }
