@@ -38,6 +38,9 @@ pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
 /// `micro server`: where the store keeps its records: `redb` (the embedded default) or a `postgres://` URL (needs a
 /// build with the `postgres` feature).
 pub const MICRO_STORE: &str = "MICRO_STORE";
+/// `micro server`: where the broker's messages travel: `memory` (the default) or a `nats://` URL (needs a build
+/// with the `nats` feature).
+pub const MICRO_BROKER: &str = "MICRO_BROKER";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
 pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
 

@@ -116,6 +116,7 @@ impl Platform {
             admin_password: Some(ADMIN_PASSWORD.into()),
             cors_origins: Vec::new(),
             store: Default::default(),
+            broker: Default::default(),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {

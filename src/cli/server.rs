@@ -31,6 +31,10 @@ pub struct Args {
     /// URL (in a build with the `postgres` feature).
     #[arg(long, env = env::MICRO_STORE, default_value = "redb", value_parser = crate::server::store::StoreBackend::parse, value_name = "redb|URL", hide_env_values = true)]
     pub store: crate::server::store::StoreBackend,
+    /// Where the broker's messages travel: `memory` (in this server) or a `nats://host:port` URL (in a build with
+    /// the `nats` feature), so that several servers share topics.
+    #[arg(long, env = env::MICRO_BROKER, default_value = "memory", value_parser = crate::server::broker::BrokerBackend::parse, value_name = "memory|URL")]
+    pub broker: crate::server::broker::BrokerBackend,
 }
 
 fn log_filter() -> tracing_subscriber::EnvFilter {
@@ -87,6 +91,7 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         admin_password: args.auth_admin_password,
         cors_origins: args.api_cors_origins,
         store: args.store,
+        broker: args.broker,
     };
     crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
         .await

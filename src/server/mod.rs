@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Where the store keeps its records.
     pub store: store::StoreBackend,
+    /// Where the broker's messages travel.
+    pub broker: broker::BrokerBackend,
 }
 
 /// What can stop the server from starting or serving.
@@ -219,7 +221,7 @@ pub async fn serve_all(
     let mut routes = tonic::service::RoutesBuilder::default();
     store::start(&ctx, &config.store, &mut routes).await?;
     config::start(&ctx, &mut routes).await?;
-    broker::start(&ctx, &mut routes).await?;
+    broker::start(&ctx, &config.broker, &mut routes).await?;
     events::start(&ctx, &mut routes).await?;
     runtime::start(&ctx, &mut routes).await?;
 

@@ -332,3 +332,38 @@ fn subscribers_end_when_the_server_stops() {
     assert_eq!((code, rest), (0, vec![]));
     assert!(started.elapsed() < Duration::from_secs(20), "the server drained slowly: {:?}", started.elapsed());
 }
+
+/// `--broker` with a NATS the server cannot use stops it at start with a message that says why: in a build
+/// without the `nats` feature, how to get one; with it, that NATS cannot be reached. An unknown broker is a usage
+/// error.
+#[test]
+fn a_broker_that_cannot_be_used_stops_the_server_with_a_clear_message() {
+    let server = |broker: &str| {
+        let dirs = Dirs::new();
+        let mut cmd = Command::new(micro_bin());
+        crate::support::clean_env(&mut cmd);
+        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0", "--broker", broker])
+            .arg("--data-dir")
+            .arg(dirs.path().join("data"))
+            .env("HOME", dirs.path());
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = server("nats://127.0.0.1:1");
+    assert_eq!(code, Some(1), "{stderr}");
+    let expected = if cfg!(feature = "nats") {
+        "cannot connect to NATS at nats://127.0.0.1:1"
+    } else {
+        "this micro was built without NATS support; rebuild it with `cargo build --release --features nats`"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
+    let (code, stderr) = server("kafka://db");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("unknown broker \"kafka://db\": use memory (the default) or a nats://"), "{stderr}");
+}

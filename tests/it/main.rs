@@ -13,6 +13,8 @@ mod dynamic;
 mod errors;
 mod events;
 mod gateway;
+#[cfg(feature = "nats")]
+mod nats;
 mod new;
 mod notes;
 #[cfg(feature = "postgres")]

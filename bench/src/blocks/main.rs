@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         admin_password: Some(ADMIN_PASSWORD.into()),
         cors_origins: Vec::new(),
         store: Default::default(),
+        broker: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(micro::server::serve(listener, config, async move {

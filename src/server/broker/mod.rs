@@ -9,8 +9,13 @@
 //! messages, [`hub::QUEUE_BYTES`] bytes); a subscriber that cannot keep up loses messages (they are counted and
 //! logged when it unsubscribes) and never slows the publisher down. `PublishStream` publishes many messages on one
 //! stream, for throughput. Subscriptions end when the server shuts down.
+//!
+//! Where messages travel is a [`Backend`]: the in-memory [`Hub`] by default, or NATS (`nats`, cargo feature
+//! `nats`, `micro server --broker nats://…`), which lets several servers share topics; the semantics are the same.
 
 pub mod hub;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use super::{CoreContext, ServerError};
 use crate::proto::broker::{
@@ -30,10 +35,109 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The longest topic name, in bytes.
 pub const MAX_TOPIC: usize = 256;
 
+/// Where the broker's messages travel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BrokerBackend {
+    /// In this server's memory.
+    #[default]
+    Memory,
+    /// Through a NATS server, by URL (needs the `nats` cargo feature).
+    Nats(String),
+}
+
+impl BrokerBackend {
+    /// Parses `memory` (or empty) or a `nats://` URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() || text == "memory" {
+            return Ok(BrokerBackend::Memory);
+        }
+        if text.starts_with("nats://") {
+            return Ok(BrokerBackend::Nats(text.to_string()));
+        }
+        Err(format!("unknown broker {text:?}: use memory (the default) or a nats://host:port URL"))
+    }
+}
+
 /// Starts the broker service and adds its gRPC services to `routes`.
-pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder) -> Result<(), ServerError> {
-    routes.add_service(BrokerServer::new(BrokerService::new(Hub::new(), ctx.cancel.clone())));
+pub async fn start(
+    ctx: &CoreContext,
+    backend: &BrokerBackend,
+    routes: &mut tonic::service::RoutesBuilder,
+) -> Result<(), ServerError> {
+    let backend: Arc<dyn Backend> = match backend {
+        BrokerBackend::Memory => Arc::new(Memory(Hub::new())),
+        #[cfg(feature = "nats")]
+        BrokerBackend::Nats(url) => {
+            let broker = nats::NatsBroker::connect(url)
+                .await
+                .map_err(|message| ServerError::Start { service: "broker", message })?;
+            tracing::info!(%url, "the broker sends its messages through NATS");
+            Arc::new(broker)
+        }
+        #[cfg(not(feature = "nats"))]
+        BrokerBackend::Nats(_) => {
+            return Err(ServerError::Start {
+                service: "broker",
+                message: "this micro was built without NATS support; rebuild it with \
+                          `cargo build --release --features nats`, or use the in-memory broker (--broker memory)"
+                    .into(),
+            });
+        }
+    };
+    routes.add_service(BrokerServer::new(BrokerService::new(backend, ctx.cancel.clone())));
     Ok(())
+}
+
+/// Checked messages to publish, as a stream: the topic and the message, or why the stream stopped.
+pub type Publications<'a> = Pin<Box<dyn futures::Stream<Item = Result<(String, Message), Status>> + Send + 'a>>;
+
+/// Where messages travel: publish at most once to the subscribers connected at the time, one member of each
+/// queue group each.
+#[tonic::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Publishes `message` on `namespace`/`topic`.
+    async fn publish(&self, namespace: &str, topic: &str, message: Message) -> Result<(), Status>;
+    /// Publishes every message of `messages` on `namespace`, in order, until the stream ends or fails; returns
+    /// how many were published.
+    async fn publish_all(&self, namespace: &str, mut messages: Publications<'_>) -> Result<u64, Status> {
+        let mut count = 0;
+        while let Some(item) = messages.next().await {
+            let (topic, message) = item?;
+            self.publish(namespace, &topic, message).await?;
+            count += 1;
+        }
+        Ok(count)
+    }
+    /// Subscribes to `namespace`/`topic`, in queue group `queue` unless it is empty, until the stream is dropped.
+    async fn subscribe(&self, namespace: &str, topic: &str, queue: &str) -> Result<SubscribeStream, Status>;
+}
+
+/// The in-memory backend: this server's [`Hub`].
+pub struct Memory(pub Arc<Hub>);
+
+#[tonic::async_trait]
+impl Backend for Memory {
+    async fn publish(&self, namespace: &str, topic: &str, message: Message) -> Result<(), Status> {
+        self.0.publish(namespace, topic, message);
+        Ok(())
+    }
+
+    async fn publish_all(&self, namespace: &str, mut messages: Publications<'_>) -> Result<u64, Status> {
+        // The topic's subscribers are looked up once while the topic and the table stay the same.
+        let mut cache = TopicCache::default();
+        let mut count = 0;
+        while let Some(item) = messages.next().await {
+            let (topic, message) = item?;
+            self.0.publish_cached(&mut cache, namespace, &topic, message);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    async fn subscribe(&self, namespace: &str, topic: &str, queue: &str) -> Result<SubscribeStream, Status> {
+        Ok(Box::pin(self.0.subscribe(namespace, topic, queue).map(Ok)))
+    }
 }
 
 /// Checks a topic name: present, not too long, no control characters.
@@ -66,14 +170,14 @@ pub fn check_body(len: usize) -> Result<(), Status> {
 /// The gRPC face of the broker.
 #[derive(Clone)]
 pub struct BrokerService {
-    hub: Arc<Hub>,
+    backend: Arc<dyn Backend>,
     closing: CancellationToken,
 }
 
 impl BrokerService {
-    /// A broker over `hub` whose subscriptions end when `closing` is cancelled.
-    pub fn new(hub: Arc<Hub>, closing: CancellationToken) -> Self {
-        Self { hub, closing }
+    /// A broker over `backend` whose subscriptions end when `closing` is cancelled.
+    pub fn new(backend: Arc<dyn Backend>, closing: CancellationToken) -> Self {
+        Self { backend, closing }
     }
 }
 
@@ -94,7 +198,7 @@ impl Broker for BrokerService {
         check_topic(&req.topic)?;
         let message = req.message.unwrap_or_default();
         check_body(message.body.len())?;
-        self.hub.publish(&ns, &req.topic, message);
+        self.backend.publish(&ns, &req.topic, message).await?;
         Ok(Response::new(Empty {}))
     }
 
@@ -105,18 +209,17 @@ impl Broker for BrokerService {
         let ns = namespace(&req)?;
         // At shutdown the stream ends where it is: what was published so far stays published.
         let stream = req.into_inner().take_until(self.closing.clone().cancelled_owned());
-        let mut stream = std::pin::pin!(stream);
-        let mut cache = TopicCache::default();
-        let mut count = 0u64;
-        while let Some(item) = stream.next().await {
+        let mut index = 0u64;
+        let checked = stream.map(move |item| {
             let req = item?;
-            let invalid = |s: Status| Status::invalid_argument(format!("message {}: {}", count + 1, s.message()));
+            index += 1;
+            let invalid = |s: Status| Status::invalid_argument(format!("message {index}: {}", s.message()));
             check_topic(&req.topic).map_err(invalid)?;
             let message = req.message.unwrap_or_default();
             check_body(message.body.len()).map_err(invalid)?;
-            self.hub.publish_cached(&mut cache, &ns, &req.topic, message);
-            count += 1;
-        }
+            Ok((req.topic, message))
+        });
+        let count = self.backend.publish_all(&ns, Box::pin(checked)).await?;
         Ok(Response::new(PublishStreamResponse { count }))
     }
 
@@ -129,8 +232,8 @@ impl Broker for BrokerService {
         if req.queue.len() > MAX_TOPIC || req.queue.chars().any(char::is_control) {
             return Err(Status::invalid_argument("the queue name is too long or contains control characters"));
         }
-        let subscription = self.hub.subscribe(&ns, &req.topic, &req.queue);
-        let stream = subscription.map(Ok).take_until(self.closing.clone().cancelled_owned());
+        let subscription = self.backend.subscribe(&ns, &req.topic, &req.queue).await?;
+        let stream = subscription.take_until(self.closing.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 }
