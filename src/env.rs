@@ -41,6 +41,9 @@ pub const MICRO_STORE: &str = "MICRO_STORE";
 /// `micro server`: where the broker's messages travel: `memory` (the default) or a `nats://` URL (needs a build
 /// with the `nats` feature).
 pub const MICRO_BROKER: &str = "MICRO_BROKER";
+/// `micro server`: whether the registry is shared with other servers: `memory` (the default, this server only) or
+/// an `etcd://` URL (needs a build with the `etcd` feature).
+pub const MICRO_REGISTRY: &str = "MICRO_REGISTRY";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
 pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
 

@@ -117,6 +117,7 @@ impl Platform {
             cors_origins: Vec::new(),
             store: Default::default(),
             broker: Default::default(),
+            registry: Default::default(),
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {

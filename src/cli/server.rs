@@ -35,6 +35,10 @@ pub struct Args {
     /// the `nats` feature), so that several servers share topics.
     #[arg(long, env = env::MICRO_BROKER, default_value = "memory", value_parser = crate::server::broker::BrokerBackend::parse, value_name = "memory|URL")]
     pub broker: crate::server::broker::BrokerBackend,
+    /// Whether the registry is shared with other servers: `memory` (this server only) or an `etcd://host:port`
+    /// URL (in a build with the `etcd` feature).
+    #[arg(long, env = env::MICRO_REGISTRY, default_value = "memory", value_parser = crate::server::registry::Sharing::parse, value_name = "memory|URL")]
+    pub registry: crate::server::registry::Sharing,
 }
 
 fn log_filter() -> tracing_subscriber::EnvFilter {
@@ -92,6 +96,7 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         cors_origins: args.api_cors_origins,
         store: args.store,
         broker: args.broker,
+        registry: args.registry,
     };
     crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
         .await

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub store: store::StoreBackend,
     /// Where the broker's messages travel.
     pub broker: broker::BrokerBackend,
+    /// Whether the registry is shared with other servers.
+    pub registry: registry::Sharing,
 }
 
 /// What can stop the server from starting or serving.
@@ -261,6 +263,26 @@ pub async fn serve_all(
         });
     }
     tasks.spawn(proxy.clone().evict_removed_nodes(cancel.clone().cancelled_owned()));
+    match &config.registry {
+        registry::Sharing::Memory => {}
+        #[cfg(feature = "etcd")]
+        registry::Sharing::Etcd(url) => {
+            registry::etcd::check(url).await.map_err(|message| ServerError::Start { service: "registry", message })?;
+            let server = uuid::Uuid::new_v4().to_string();
+            tracing::info!(%url, %server, "the registry is shared through etcd");
+            tasks.spawn(registry::etcd::replicate(registry.clone(), url.clone(), server, cancel.clone()));
+        }
+        #[cfg(not(feature = "etcd"))]
+        registry::Sharing::Etcd(_) => {
+            return Err(ServerError::Start {
+                service: "registry",
+                message: "this micro was built without etcd support; rebuild it with \
+                          `cargo build --release --features etcd` (which needs protoc), or keep the registry in \
+                          memory (--registry memory)"
+                    .into(),
+            });
+        }
+    }
 
     // One shutdown signal for every listener.
     let stop = CancellationToken::new();

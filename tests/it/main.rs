@@ -11,6 +11,8 @@ mod broker;
 mod config;
 mod dynamic;
 mod errors;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod events;
 mod gateway;
 #[cfg(feature = "nats")]

@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         cors_origins: Vec::new(),
         store: Default::default(),
         broker: Default::default(),
+        registry: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(micro::server::serve(listener, config, async move {

@@ -5,6 +5,8 @@
 //! Each distinct schema is stored once, keyed by its hash, so that heartbeats carry only the hash. Expired nodes are
 //! pruned and, unlike in Micro, their removal emits a watch event.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod service;
 
 use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service};
@@ -66,6 +68,30 @@ pub struct Change {
     pub removed: Vec<String>,
     /// Unix time in seconds.
     pub timestamp: i64,
+}
+
+/// Whether the registry is shared with other servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// This server's registry only.
+    #[default]
+    Memory,
+    /// Shared through etcd, by URL (needs the `etcd` cargo feature).
+    Etcd(String),
+}
+
+impl Sharing {
+    /// Parses `memory` (or empty) or an `etcd://host:port` URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() || text == "memory" {
+            return Ok(Sharing::Memory);
+        }
+        if text.starts_with("etcd://") {
+            return Ok(Sharing::Etcd(text.to_string()));
+        }
+        Err(format!("unknown registry {text:?}: use memory (the default) or an etcd://host:port URL"))
+    }
 }
 
 /// The registry's storage. The embedded [`MemoryRegistry`] is the default; a distributed engine implements the

@@ -1,0 +1,315 @@
+//! The registry shared through etcd, so that servers on several machines see each other's services.
+//!
+//! Built with the `etcd` cargo feature and chosen with `micro server --registry etcd://host:2379` (or
+//! `MICRO_REGISTRY`). Every server keeps its in-memory registry (the proxy's routing stays a memory lookup) and
+//! [`replicate`] keeps it in step with etcd:
+//!
+//! - **Out:** once a second, every node registered with this server (not the core services, which every server
+//!   has, and not nodes mirrored from others) is written to `micro/registry/<server>/<domain>/<name>/<version>/<node>`
+//!   as the protobuf `Service` with that one node and its full schema. The keys hang on one lease of this server,
+//!   kept alive while it runs: if the server dies, its nodes leave etcd within [`LEASE_TTL`]. A node that
+//!   deregisters or expires here is deleted from etcd at the next tick.
+//! - **In:** the other servers' keys are read, then watched; each becomes a node in the local registry (with no
+//!   TTL of its own, and its owner in the node's `registry.origin` metadata) until its key is deleted.
+//!
+//! If etcd cannot be reached, the local registry goes on working, and the replication reconnects every
+//! [`RETRY`]; after a reconnect the mirrored nodes are read again in full, so none is left stale.
+
+use super::{MemoryRegistry, RegistryBackend, WILDCARD_DOMAIN};
+use crate::proto::registry::{Node, Schema as SchemaMsg, Service};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The prefix of every registry key in etcd.
+const PREFIX: &str = "micro/registry/";
+/// The metadata key of a mirrored node that names the server it is registered with.
+pub const ORIGIN: &str = "registry.origin";
+/// How long this server's keys outlive it in etcd.
+pub const LEASE_TTL: i64 = 10;
+/// How often this server's nodes are written out.
+const TICK: Duration = Duration::from_secs(1);
+/// How long to wait before reconnecting to etcd.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A key part with `/` and `%` escaped, so that every part is one path segment.
+fn escape(part: &str) -> String {
+    part.replace('%', "%25").replace('/', "%2F")
+}
+
+fn unescape(part: &str) -> String {
+    part.replace("%2F", "/").replace("%25", "%")
+}
+
+/// The key of `node` of `service` (of `domain`) registered with `server`.
+fn key(server: &str, domain: &str, service: &Service, node: &Node) -> String {
+    let parts = [server, domain, &service.name, &service.version, &node.id];
+    format!("{PREFIX}{}", parts.map(escape).join("/"))
+}
+
+/// The parts of a key: server, domain, name, version and node id.
+fn parse_key(key: &str) -> Option<[String; 5]> {
+    let parts: Vec<String> = key.strip_prefix(PREFIX)?.split('/').map(unescape).collect();
+    parts.try_into().ok()
+}
+
+/// The connection URL of etcd from `etcd://host:port` (or `http://`), as etcd-client takes it.
+pub fn endpoint(url: &str) -> String {
+    match url.strip_prefix("etcd://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_string(),
+    }
+}
+
+/// Connects once, to say at start whether etcd can be reached at all.
+pub async fn check(url: &str) -> Result<(), String> {
+    let connect = Client::connect([endpoint(url)], Some(connect_options()));
+    let mut client = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("cannot connect to etcd at {url}: {e}")),
+        Err(_) => return Err(format!("cannot connect to etcd at {url}: no answer within 5 s")),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.status()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect to etcd at {url}: {e}")),
+        Err(_) => Err(format!("cannot connect to etcd at {url}: no answer within 5 s")),
+    }
+}
+
+fn connect_options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(10))
+}
+
+/// The nodes this server writes out: every node of the local registry but the core services and mirrored ones,
+/// by key, encoded.
+fn local_nodes(registry: &MemoryRegistry, server: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for service in registry.list(WILDCARD_DOMAIN) {
+        let domain = service.metadata.get("domain").cloned().unwrap_or_default();
+        if domain == crate::DEFAULT_NAMESPACE && crate::server::CORE_NAMES.contains(&service.name.as_str()) {
+            continue;
+        }
+        // The schema travels whole: the other servers may not have it.
+        let schema = service
+            .schema
+            .as_ref()
+            .and_then(|s| registry.schema(&s.hash))
+            .map(|s| SchemaMsg { hash: s.hash.clone(), descriptor_set: s.bytes.clone() });
+        for node in &service.nodes {
+            if node.metadata.contains_key(ORIGIN) {
+                continue;
+            }
+            let one = Service { nodes: vec![node.clone()], schema: schema.clone(), ..service.clone() };
+            out.insert(key(server, &domain, &service, node), one.encode_to_vec());
+        }
+    }
+    out
+}
+
+/// Applies another server's key to the local registry: the node joins, marked with its origin.
+fn mirror(registry: &MemoryRegistry, key: &str, value: &[u8]) {
+    let Some([origin, domain, ..]) = parse_key(key) else { return };
+    let mut service = match Service::decode(value) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "ignored a registry entry in etcd that does not decode");
+            return;
+        }
+    };
+    for node in &mut service.nodes {
+        node.metadata.insert(ORIGIN.into(), origin.clone());
+    }
+    if let Err(e) = registry.register(&domain, service, Duration::ZERO) {
+        tracing::warn!(%key, error = %e, "ignored a registry entry in etcd that does not register");
+    }
+}
+
+/// Removes a mirrored node whose key is gone.
+fn unmirror(registry: &MemoryRegistry, key: &str) {
+    let Some([_, domain, name, version, node]) = parse_key(key) else { return };
+    let service = Service { name, version, nodes: vec![Node { id: node, ..Default::default() }], ..Default::default() };
+    let _ = registry.deregister(&domain, &service);
+}
+
+/// Keeps `registry` in step with etcd at `url` as server `server`, until `cancel`; reconnects after failures.
+pub async fn replicate(registry: Arc<MemoryRegistry>, url: String, server: String, cancel: CancellationToken) {
+    // The mirrored keys, so that a reconnect can drop the ones deleted meanwhile.
+    let mut mirrored: HashMap<String, ()> = HashMap::new();
+    loop {
+        let session = session(&registry, &url, &server, &cancel, &mut mirrored);
+        match session.await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, url = %url, "registry replication through etcd failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// One connection's worth of replication; `Ok` when cancelled.
+async fn session(
+    registry: &MemoryRegistry,
+    url: &str,
+    server: &str,
+    cancel: &CancellationToken,
+    mirrored: &mut HashMap<String, ()>,
+) -> Result<(), etcd_client::Error> {
+    let mut client = Client::connect([endpoint(url)], Some(connect_options())).await?;
+    let lease = client.lease_grant(LEASE_TTL, None).await?.id();
+    let (mut keeper, mut keepalives) = client.lease_keep_alive(lease).await?;
+    let own = format!("{PREFIX}{}/", escape(server));
+
+    // Everything the others have now, then every change after it.
+    let all = client.get(PREFIX, Some(GetOptions::new().with_prefix())).await?;
+    let revision = all.header().map_or(0, |h| h.revision());
+    let mut now: HashMap<String, ()> = HashMap::new();
+    for kv in all.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        if key.starts_with(&own) {
+            continue;
+        }
+        mirror(registry, key, kv.value());
+        now.insert(key.to_string(), ());
+    }
+    for gone in mirrored.keys().filter(|k| !now.contains_key(*k)) {
+        unmirror(registry, gone);
+    }
+    *mirrored = now;
+    let mut events =
+        client.watch(PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1))).await?;
+
+    let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keepalive = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3).max(1) as u64));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Leave at once rather than after the lease's TTL.
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                let local = local_nodes(registry, server);
+                for (key, value) in &local {
+                    if written.get(key) != Some(value) {
+                        client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))).await?;
+                    }
+                }
+                for key in written.keys().filter(|k| !local.contains_key(*k)) {
+                    client.delete(key.as_str(), None).await?;
+                }
+                written = local;
+            }
+            _ = keepalive.tick() => keeper.keep_alive().await?,
+            answer = keepalives.message() => {
+                if answer?.is_none_or(|a| a.ttl() <= 0) {
+                    return Err(etcd_client::Error::LeaseKeepAliveError("the lease of this server expired".into()));
+                }
+            }
+            event = events.message() => {
+                let Some(response) = event? else {
+                    return Err(etcd_client::Error::WatchError("etcd ended the watch".into()));
+                };
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    if key.starts_with(&own) {
+                        continue;
+                    }
+                    match event.event_type() {
+                        EventType::Put => {
+                            mirror(registry, key, kv.value());
+                            mirrored.insert(key.to_string(), ());
+                        }
+                        EventType::Delete => {
+                            unmirror(registry, key);
+                            mirrored.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The replication runs against a real etcd: `MICRO_TEST_ETCD_URL` must name one (`.ci/run` starts one).
+    //! With the `etcd` feature on and the variable unset, it fails.
+
+    use super::*;
+    use crate::proto::registry::Endpoint;
+    use std::time::Instant;
+
+    #[test]
+    fn keys_round_trip_with_slashes() {
+        let service = Service { name: "a/b".into(), version: "v%1".into(), ..Default::default() };
+        let node = Node { id: "n/1".into(), ..Default::default() };
+        let k = key("s1", "team", &service, &node);
+        assert_eq!(k, "micro/registry/s1/team/a%2Fb/v%251/n%2F1");
+        assert_eq!(parse_key(&k).unwrap(), ["s1", "team", "a/b", "v%1", "n/1"].map(String::from));
+        assert_eq!(parse_key("micro/registry/x/y"), None);
+        assert_eq!(endpoint("etcd://127.0.0.1:2379"), "http://127.0.0.1:2379");
+    }
+
+    fn service(name: &str, node: &str, address: &str) -> Service {
+        Service {
+            name: name.into(),
+            version: "latest".into(),
+            endpoints: vec![Endpoint { name: "X.Y".into(), ..Default::default() }],
+            nodes: vec![Node { id: node.into(), address: address.into(), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    async fn wait(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn addresses(registry: &MemoryRegistry, name: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            registry.get("micro", name).into_iter().flat_map(|s| s.nodes).map(|n| n.address).collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn two_registries_share_nodes_and_lose_them_when_one_leaves() {
+        let url = std::env::var("MICRO_TEST_ETCD_URL")
+            .expect("MICRO_TEST_ETCD_URL is not set: the etcd tests need an etcd (see .ci/etcd)");
+        check(&url).await.unwrap();
+        let run = format!("svc-{}-{}", std::process::id(), crate::server::store::backend::now_ms());
+        let (a, b) = (Arc::new(MemoryRegistry::new()), Arc::new(MemoryRegistry::new()));
+        let (cancel_a, cancel_b) = (CancellationToken::new(), CancellationToken::new());
+        let ta = tokio::spawn(replicate(a.clone(), url.clone(), format!("{run}-a"), cancel_a.clone()));
+        let tb = tokio::spawn(replicate(b.clone(), url.clone(), format!("{run}-b"), cancel_b.clone()));
+
+        a.register("micro", service(&run, "n1", "10.0.0.1:1"), Duration::from_secs(60)).unwrap();
+        b.register("micro", service(&run, "n2", "10.0.0.2:2"), Duration::from_secs(60)).unwrap();
+        let both = ["10.0.0.1:1", "10.0.0.2:2"].map(String::from).to_vec();
+        wait("each registry has both nodes", || addresses(&a, &run) == both && addresses(&b, &run) == both).await;
+        // A mirrored node names its origin and is not written back out.
+        let mirrored = b.get("micro", &run).into_iter().flat_map(|s| s.nodes).find(|n| n.id == "n1").unwrap();
+        assert_eq!(mirrored.metadata.get(ORIGIN), Some(&format!("{run}-a")));
+        // A deregistration travels too.
+        a.deregister("micro", &service(&run, "n1", "")).unwrap();
+        wait("the node left b", || addresses(&b, &run) == ["10.0.0.2:2"]).await;
+        // When b stops, its node leaves a at once (its lease is revoked).
+        cancel_b.cancel();
+        wait("b's node left a", || addresses(&a, &run).is_empty()).await;
+        cancel_a.cancel();
+        let _ = tokio::join!(ta, tb);
+    }
+}
