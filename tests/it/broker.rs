@@ -338,23 +338,7 @@ fn subscribers_end_when_the_server_stops() {
 /// error.
 #[test]
 fn a_broker_that_cannot_be_used_stops_the_server_with_a_clear_message() {
-    let server = |broker: &str| {
-        let dirs = Dirs::new();
-        let mut cmd = Command::new(micro_bin());
-        crate::support::clean_env(&mut cmd);
-        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0", "--broker", broker])
-            .arg("--data-dir")
-            .arg(dirs.path().join("data"))
-            .env("HOME", dirs.path());
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let server = |broker: &str| crate::support::server_that_stops(&["--broker", broker]);
     let (code, stderr) = server("nats://127.0.0.1:1");
     assert_eq!(code, Some(1), "{stderr}");
     let expected = if cfg!(feature = "nats") {

@@ -385,23 +385,7 @@ fn acknowledged_writes_survive_a_sigkill() {
 /// is a usage error.
 #[test]
 fn a_store_that_cannot_be_used_stops_the_server_with_a_clear_message() {
-    let server = |store: &str| {
-        let dirs = Dirs::new();
-        let mut cmd = std::process::Command::new(crate::support::micro_bin());
-        crate::support::clean_env(&mut cmd);
-        cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0", "--store", store])
-            .arg("--data-dir")
-            .arg(dirs.path().join("data"))
-            .env("HOME", dirs.path());
-        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let server = |store: &str| crate::support::server_that_stops(&["--store", store]);
     let (code, stderr) = server("postgres://micro@127.0.0.1:1/none");
     assert_eq!(code, Some(1), "{stderr}");
     let expected = if cfg!(feature = "postgres") {

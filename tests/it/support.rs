@@ -731,6 +731,27 @@ pub async fn channel(platform: &Platform) -> tonic::transport::Channel {
         .unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", platform.addr))
 }
 
+/// Runs `micro server` with `args` on ports of its own and a fresh data dir, expecting it to stop by itself (a
+/// setting it cannot use); returns its exit code and stderr.
+pub fn server_that_stops(args: &[&str]) -> (Option<i32>, String) {
+    let dirs = Dirs::new();
+    let mut cmd = Command::new(micro_bin());
+    clean_env(&mut cmd);
+    cmd.args(["server", "--proxy-address", "127.0.0.1:0", "--api-address", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dirs.path().join("data"))
+        .env("HOME", dirs.path());
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run micro server");
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "micro server {args:?} did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("micro server's output");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

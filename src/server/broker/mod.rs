@@ -99,7 +99,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Publishes `message` on `namespace`/`topic`.
     async fn publish(&self, namespace: &str, topic: &str, message: Message) -> Result<(), Status>;
     /// Publishes every message of `messages` on `namespace`, in order, until the stream ends or fails; returns
-    /// how many were published.
+    /// how many were published, once they have left this server ([`Backend::flush`]).
     async fn publish_all(&self, namespace: &str, mut messages: Publications<'_>) -> Result<u64, Status> {
         let mut count = 0;
         while let Some(item) = messages.next().await {
@@ -107,7 +107,12 @@ pub trait Backend: Send + Sync + 'static {
             self.publish(namespace, &topic, message).await?;
             count += 1;
         }
+        self.flush().await?;
         Ok(count)
+    }
+    /// Waits until what was published has left this server; nothing to wait for by default.
+    async fn flush(&self) -> Result<(), Status> {
+        Ok(())
     }
     /// Subscribes to `namespace`/`topic`, in queue group `queue` unless it is empty, until the stream is dropped.
     async fn subscribe(&self, namespace: &str, topic: &str, queue: &str) -> Result<SubscribeStream, Status>;

@@ -11,7 +11,7 @@
 //! after `micro broker subscribe` says "Subscribed to" reaches it, on any server. The client reconnects by
 //! itself; what is published while it is disconnected is buffered by the client or lost (at most once).
 
-use super::{Backend, Publications, SubscribeStream};
+use super::{Backend, SubscribeStream};
 use crate::proto::broker::Message;
 use futures::StreamExt;
 use prost::Message as _;
@@ -66,16 +66,8 @@ impl Backend for NatsBroker {
         self.client.publish(subject(namespace, topic), payload.into()).await.map_err(|e| unavailable("publish", e))
     }
 
-    async fn publish_all(&self, namespace: &str, mut messages: Publications<'_>) -> Result<u64, Status> {
-        let mut count = 0;
-        while let Some(item) = messages.next().await {
-            let (topic, message) = item?;
-            self.publish(namespace, &topic, message).await?;
-            count += 1;
-        }
-        // What was published has left this server before the stream is answered.
-        self.client.flush().await.map_err(|e| unavailable("publish", e))?;
-        Ok(count)
+    async fn flush(&self) -> Result<(), Status> {
+        self.client.flush().await.map_err(|e| unavailable("publish", e))
     }
 
     async fn subscribe(&self, namespace: &str, topic: &str, queue: &str) -> Result<SubscribeStream, Status> {
