@@ -332,22 +332,3 @@ fn subscribers_end_when_the_server_stops() {
     assert_eq!((code, rest), (0, vec![]));
     assert!(started.elapsed() < Duration::from_secs(20), "the server drained slowly: {:?}", started.elapsed());
 }
-
-/// `--broker` with a NATS the server cannot use stops it at start with a message that says why: in a build
-/// without the `nats` feature, how to get one; with it, that NATS cannot be reached. An unknown broker is a usage
-/// error.
-#[test]
-fn a_broker_that_cannot_be_used_stops_the_server_with_a_clear_message() {
-    let server = |broker: &str| crate::support::server_that_stops(&["--broker", broker]);
-    let (code, stderr) = server("nats://127.0.0.1:1");
-    assert_eq!(code, Some(1), "{stderr}");
-    let expected = if cfg!(feature = "nats") {
-        "cannot connect to NATS at nats://127.0.0.1:1"
-    } else {
-        "this micro was built without NATS support; rebuild it with `cargo build --release --features nats`"
-    };
-    assert!(stderr.contains(expected), "{stderr}");
-    let (code, stderr) = server("kafka://db");
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("unknown broker \"kafka://db\": use memory (the default) or a nats://"), "{stderr}");
-}

@@ -138,3 +138,57 @@ fn a_request_that_times_out_exits_1() {
     let run = run.code(1);
     assert!(run.stderr.contains("Request timed out"), "{}", run.stderr);
 }
+
+/// A distributed backend the server cannot use (`--store`, `--broker`, `--registry`) stops it at start with a
+/// message that says why: in a build without the backend's cargo feature, how to get one; with it, that the engine
+/// cannot be reached. An unknown engine is a usage error that lists the choices.
+#[test]
+fn a_backend_that_cannot_be_used_stops_the_server_with_a_clear_message() {
+    struct Case {
+        flag: &'static str,
+        unreachable: &'static str,
+        built: bool,
+        cannot_connect: &'static str,
+        not_built: &'static str,
+        unknown: &'static str,
+        choices: &'static str,
+    }
+    let cases = [
+        Case {
+            flag: "--store",
+            unreachable: "postgres://micro@127.0.0.1:1/none",
+            built: cfg!(feature = "postgres"),
+            cannot_connect: "cannot connect to PostgreSQL at postgres://micro@127.0.0.1:1/none",
+            not_built: "built without PostgreSQL support; rebuild it with `cargo build --release --features postgres`",
+            unknown: "mysql://db",
+            choices: "unknown store \"mysql://db\": use redb (the default) or a postgres://",
+        },
+        Case {
+            flag: "--broker",
+            unreachable: "nats://127.0.0.1:1",
+            built: cfg!(feature = "nats"),
+            cannot_connect: "cannot connect to NATS at nats://127.0.0.1:1",
+            not_built: "built without NATS support; rebuild it with `cargo build --release --features nats`",
+            unknown: "kafka://db",
+            choices: "unknown broker \"kafka://db\": use memory (the default) or a nats://",
+        },
+        Case {
+            flag: "--registry",
+            unreachable: "etcd://127.0.0.1:1",
+            built: cfg!(feature = "etcd"),
+            cannot_connect: "cannot connect to etcd at etcd://127.0.0.1:1",
+            not_built: "built without etcd support; rebuild it with `cargo build --release --features etcd`",
+            unknown: "consul://x",
+            choices: "unknown registry \"consul://x\": use memory (the default) or an etcd://",
+        },
+    ];
+    for case in cases {
+        let (code, stderr) = crate::support::server_that_stops(&[case.flag, case.unreachable]);
+        assert_eq!(code, Some(1), "{} {}: {stderr}", case.flag, case.unreachable);
+        let expected = if case.built { case.cannot_connect } else { case.not_built };
+        assert!(stderr.contains(expected), "{} {}: {stderr}", case.flag, case.unreachable);
+        let (code, stderr) = crate::support::server_that_stops(&[case.flag, case.unknown]);
+        assert_eq!(code, Some(1), "{} {}: {stderr}", case.flag, case.unknown);
+        assert!(stderr.contains(case.choices), "{} {}: {stderr}", case.flag, case.unknown);
+    }
+}

@@ -80,22 +80,3 @@ fn a_stopped_service_deregisters_at_once() {
     rt.block_on(next_event(&mut watch, "delete", "helloworld"));
     assert_eq!(p.micro(["services"]).ok().stdout, core, "helloworld is gone from the list");
 }
-
-/// `--registry` with an etcd the server cannot use stops it at start with a message that says why: in a build
-/// without the `etcd` feature, how to get one; with it, that etcd cannot be reached. An unknown registry is a
-/// usage error.
-#[test]
-fn a_registry_that_cannot_be_shared_stops_the_server_with_a_clear_message() {
-    let server = |registry: &str| crate::support::server_that_stops(&["--registry", registry]);
-    let (code, stderr) = server("etcd://127.0.0.1:1");
-    assert_eq!(code, Some(1), "{stderr}");
-    let expected = if cfg!(feature = "etcd") {
-        "cannot connect to etcd at etcd://127.0.0.1:1"
-    } else {
-        "this micro was built without etcd support; rebuild it with `cargo build --release --features etcd`"
-    };
-    assert!(stderr.contains(expected), "{stderr}");
-    let (code, stderr) = server("consul://x");
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("unknown registry \"consul://x\": use memory (the default) or an etcd://"), "{stderr}");
-}

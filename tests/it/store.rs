@@ -379,22 +379,3 @@ fn acknowledged_writes_survive_a_sigkill() {
     assert_eq!(p.micro(["store", "read", "--table", "crash", "after"]).ok().stdout, "crash\n");
     assert!(!p.server_log().contains("panicked"), "{}", p.server_log());
 }
-
-/// `--store` with a PostgreSQL the server cannot use stops it at start with a message that says why: in a build
-/// without the `postgres` feature, how to get one; with it, that the database cannot be reached. An unknown store
-/// is a usage error.
-#[test]
-fn a_store_that_cannot_be_used_stops_the_server_with_a_clear_message() {
-    let server = |store: &str| crate::support::server_that_stops(&["--store", store]);
-    let (code, stderr) = server("postgres://micro@127.0.0.1:1/none");
-    assert_eq!(code, Some(1), "{stderr}");
-    let expected = if cfg!(feature = "postgres") {
-        "cannot connect to PostgreSQL at postgres://micro@127.0.0.1:1/none"
-    } else {
-        "this micro was built without PostgreSQL support; rebuild it with `cargo build --release --features postgres`"
-    };
-    assert!(stderr.contains(expected), "{stderr}");
-    let (code, stderr) = server("mysql://db");
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("unknown store \"mysql://db\": use redb (the default) or a postgres://"), "{stderr}");
-}
