@@ -96,8 +96,13 @@ pub type Publications<'a> = Pin<Box<dyn futures::Stream<Item = Result<(String, M
 /// queue group each.
 #[tonic::async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Publishes `message` on `namespace`/`topic`.
+    /// Publishes `message` on `namespace`/`topic`, as one of many (it may still be on its way).
     async fn publish(&self, namespace: &str, topic: &str, message: Message) -> Result<(), Status>;
+    /// Publishes one message on its own: [`Backend::publish`], then [`Backend::flush`].
+    async fn publish_one(&self, namespace: &str, topic: &str, message: Message) -> Result<(), Status> {
+        self.publish(namespace, topic, message).await?;
+        self.flush().await
+    }
     /// Publishes every message of `messages` on `namespace`, in order, until the stream ends or fails; returns
     /// how many were published, once they have left this server ([`Backend::flush`]).
     async fn publish_all(&self, namespace: &str, mut messages: Publications<'_>) -> Result<u64, Status> {
@@ -203,7 +208,7 @@ impl Broker for BrokerService {
         check_topic(&req.topic)?;
         let message = req.message.unwrap_or_default();
         check_body(message.body.len())?;
-        self.backend.publish(&ns, &req.topic, message).await?;
+        self.backend.publish_one(&ns, &req.topic, message).await?;
         Ok(Response::new(Empty {}))
     }
 
