@@ -7,7 +7,9 @@
 //! 3. events publish-to-consume latency, p50.
 //!
 //! One in-process `micro server` (auth on, admin logged in) on loopback with a temporary data dir.
-//! Run: `cargo run --release -p micro-bench --bin blocks`.
+//! Run: `cargo run --release -p micro-bench --bin blocks`. The distributed backends are measured the same way:
+//! `cargo run --release -p micro-bench --features postgres,nats --bin blocks -- --store postgres://… --broker
+//! nats://…` (as `micro server` takes them).
 
 #[path = "../stats.rs"]
 #[allow(dead_code)]
@@ -41,8 +43,26 @@ impl Bench {
     }
 }
 
+/// The server's backends from `--store URL` and `--broker URL`, as `micro server` parses them.
+fn backends() -> anyhow::Result<(micro::server::store::StoreBackend, micro::server::broker::BrokerBackend)> {
+    let (mut store, mut broker) = (Default::default(), Default::default());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--store" => store = micro::server::store::StoreBackend::parse(&value).map_err(anyhow::Error::msg)?,
+            "--broker" => broker = micro::server::broker::BrokerBackend::parse(&value).map_err(anyhow::Error::msg)?,
+            other => anyhow::bail!("unknown flag {other}: the flags are --store URL and --broker URL"),
+        }
+    }
+    Ok((store, broker))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let (store, broker) = backends()?;
+    let store_kind = if store == Default::default() { "redb" } else { "PostgreSQL" };
+    let broker_kind = if broker == Default::default() { "in memory" } else { "NATS" };
     let data = tempfile::Builder::new().prefix("micro-bench-blocks").tempdir()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?.to_string();
@@ -51,8 +71,8 @@ async fn main() -> anyhow::Result<()> {
         prune_interval: Duration::from_secs(1),
         admin_password: Some(ADMIN_PASSWORD.into()),
         cors_origins: Vec::new(),
-        store: Default::default(),
-        broker: Default::default(),
+        store,
+        broker,
         registry: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -64,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let bench = Bench { proxy, token, scratch };
 
-    println!("micro building-blocks benchmark ({} cores)", std::thread::available_parallelism()?.get());
+    println!(
+        "micro building-blocks benchmark ({} cores; store: {store_kind}, broker: {broker_kind})",
+        std::thread::available_parallelism()?.get()
+    );
     store::run(&bench).await.context("store benchmark")?;
     broker::run(&bench).await.context("broker benchmark")?;
     events::run(&bench).await.context("events benchmark")?;

@@ -17,8 +17,10 @@
 //! such keys and names are refused; and a table exists only while it holds a record, so a table whose records are
 //! all deleted leaves `micro store tables`.
 //!
-//! The connection is opened at start (an unreachable database stops the server from starting) and reopened on
-//! the next request after it drops; a request that finds it down fails with a storage error rather than waiting.
+//! The store keeps [`POOL`] connections, taken in turn, so that concurrent writes commit in parallel and share
+//! PostgreSQL's WAL flushes. They are opened at start (an unreachable database stops the server from starting),
+//! and each is reopened on the next request after it drops; a request that finds the database down fails with a
+//! storage error rather than waiting.
 
 use super::backend::{Location, MAX_READ_BYTES, Order, Query, Record, Store, StoreError, now_ms};
 use crate::proto::store::Field;
@@ -62,9 +64,15 @@ struct StoredMetadata {
 pub struct PostgresStore {
     /// The connection string (`postgres://user:password@host:port/db`).
     url: String,
-    /// The open connection, replaced when it has dropped.
-    client: tokio::sync::Mutex<Arc<Client>>,
+    /// The open connections, each replaced when it has dropped. Requests take them in turn: PostgreSQL runs one
+    /// transaction at a time per connection, so concurrent writes need several to share its WAL flushes.
+    pool: Vec<tokio::sync::Mutex<Arc<Client>>>,
+    /// The connection the next request takes.
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// How many connections the store keeps open.
+const POOL: usize = 4;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,14 +141,19 @@ fn big(n: u64) -> i64 {
 impl PostgresStore {
     /// Connects to `url` and creates the schema when missing.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let client = connect(url).await?;
-        client.batch_execute(SCHEMA).await.map_err(storage)?;
-        Ok(Self { url: url.to_string(), client: tokio::sync::Mutex::new(Arc::new(client)) })
+        let first = connect(url).await?;
+        first.batch_execute(SCHEMA).await.map_err(storage)?;
+        let mut pool = vec![tokio::sync::Mutex::new(Arc::new(first))];
+        for _ in 1..POOL {
+            pool.push(tokio::sync::Mutex::new(Arc::new(connect(url).await?)));
+        }
+        Ok(Self { url: url.to_string(), pool, next: Default::default() })
     }
 
-    /// The connection, reopened if it has dropped.
+    /// A connection, in turn, reopened if it has dropped.
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        let mut client = self.client.lock().await;
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pool.len();
+        let mut client = self.pool[i].lock().await;
         if client.is_closed() {
             *client = Arc::new(connect(&self.url).await?);
         }
