@@ -206,6 +206,10 @@ fn services_come_back_when_the_server_restarts() {
     p.restart_server(true);
     wait_for("the orphan is stopped", || !alive(after[1]));
     wait_for("hw runs again", || service(&status(&p), "hw").is_some_and(|s| s["status"] == "running"));
+    // Running is not yet registered: wait until it answers, as after the graceful restart.
+    p.wait_until("hw answers after the orphan was stopped", |p| {
+        p.micro(["hw", "helloworld", "call", "--name=Cy"]).code == 0
+    });
     assert_eq!(p.micro(["hw", "helloworld", "call", "--name=Cy"]).ok().json()["msg"], "Hello Cy");
     p.micro(["kill", "hw"]).ok();
 }
