@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod proxy;
 pub mod registry;
 pub mod runtime;
+pub mod state;
 pub mod store;
 
 use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service, registry_server::RegistryServer};
@@ -202,8 +203,11 @@ pub async fn serve_all(
     }
 
     let cancel = CancellationToken::new();
+    // Auth's and config's state lives beside the store's records: servers that share a database share it.
+    let state_location = state::Location::of(&config.store);
     let mut auth_config = auth::AuthConfig::new(config.data_dir.clone());
     auth_config.admin_password = config.admin_password.clone();
+    auth_config.state = state_location.clone();
     let auth = Arc::new(
         tokio::task::spawn_blocking(move || auth::Auth::open(auth_config))
             .await
@@ -212,6 +216,12 @@ pub async fn serve_all(
     let (auth_server, accounts_server, rules_server) = auth::service::AuthService::new(auth.clone()).servers();
 
     let tasks = TaskTracker::new();
+    if state_location.is_shared() {
+        // Accounts and rules that other servers change.
+        let auth = auth.clone();
+        let reload: Arc<dyn Fn() + Send + Sync> = Arc::new(move || auth.reload());
+        tasks.spawn(state::listen(state_location.clone(), "auth", reload, cancel.clone()));
+    }
     let ctx = CoreContext {
         data_dir: config.data_dir.clone(),
         proxy_address: address,
@@ -222,7 +232,7 @@ pub async fn serve_all(
     };
     let mut routes = tonic::service::RoutesBuilder::default();
     store::start(&ctx, &config.store, &mut routes).await?;
-    config::start(&ctx, &mut routes).await?;
+    config::start(&ctx, &state_location, &mut routes).await?;
     broker::start(&ctx, &config.broker, &mut routes).await?;
     events::start(&ctx, &mut routes).await?;
     runtime::start(&ctx, &mut routes).await?;

@@ -3,7 +3,7 @@
 //! `MICRO_TEST_POSTGRES_URL` must name a database the tests may write to (`.ci/run` starts one with
 //! `.ci/postgres`); these tests fail when it is unset.
 
-use crate::support::Platform;
+use crate::support::{Cli, Dirs, Platform};
 
 fn url() -> String {
     std::env::var("MICRO_TEST_POSTGRES_URL")
@@ -41,4 +41,54 @@ fn records_live_in_postgres_across_restarts_and_servers() {
     // And a server on the embedded store does not.
     let embedded = Platform::start();
     assert_eq!(embedded.micro(["store", "list", "--prefix", &run]).ok().stdout, "");
+}
+
+#[test]
+fn servers_that_share_a_database_share_accounts_tokens_and_config() {
+    let url = url();
+    let run = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let a = Platform::start_env(&[("MICRO_STORE", &url)]);
+    let b = Platform::start_env(&[("MICRO_STORE", &url)]);
+
+    // An account made on A logs in on B.
+    let user = format!("user-{run}");
+    a.micro(["auth", "create", "account", &user, "--secret", "pw-1"]).ok();
+    let dirs = Dirs::new();
+    let login = |p: &Platform| p.cli_in(&dirs, ["login", "--username", &user, "--password-stdin"]).stdin("pw-1").run();
+    b.wait_until("B knows the account made on A", |b| login(b).code == 0);
+
+    // A token that A issued is accepted by B: both hold the same signing key.
+    let on_a = Dirs::new();
+    a.cli_in(&on_a, ["login", "--username", &user, "--password-stdin"]).stdin("pw-1").run().ok();
+    let token = a.cli_in(&on_a, ["user", "token"]).run().ok().stdout.trim().to_string();
+    let with_token = |p: &Platform, token: &str| {
+        Cli::new(&p.addr, &Dirs::new(), ["store", "list", "--table", &run]).env("MICRO_AUTH_TOKEN", token).run()
+    };
+    with_token(&b, &token).ok();
+
+    // Config set on A, a secret included, is read on B.
+    let key = format!("shared{}", run.replace('-', ""));
+    a.micro(["config", "set", &format!("{key}.plain"), "v"]).ok();
+    a.micro(["config", "set", "--secret", &format!("{key}.pw"), "hunter2"]).ok();
+    assert_eq!(b.micro(["config", "get", &format!("{key}.plain")]).ok().stdout, "v\n");
+    assert_eq!(b.micro(["config", "get", "--secret", &format!("{key}.pw")]).ok().stdout, "hunter2\n");
+
+    // Deleting the account on A reaches B: the login and the token A issued stop working there.
+    a.micro(["auth", "delete", "account", &user]).ok();
+    b.wait_until("B forgets the account deleted on A", |b| login(b).code != 0);
+    assert_eq!(
+        login(&b).code(2).stderr,
+        a.cli_in(&Dirs::new(), ["login", "--username", &user, "--password-stdin"]).stdin("pw-1").run().code(2).stderr
+    );
+    b.wait_until("B refuses the deleted account's token", |b| with_token(b, &token).code == 2);
+
+    // A server with keys of its own is refused: what it signed or sealed would not open on the others.
+    let (code, stderr) = crate::support::server_that_stops(&["--store", &url]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "auth.key is not the key of the other servers that share this database; copy auth.key from one of them"
+        ),
+        "{stderr}"
+    );
 }

@@ -183,8 +183,13 @@ impl Platform {
 
     /// Starts a server with extra environment variables (`MICRO_*` settings of the server) and waits until its
     /// proxy answers; the admin is logged in.
+    /// A server whose store is in PostgreSQL (`MICRO_STORE`) gets the test keys that every such test server
+    /// shares (see [`give_shared_keys`]).
     pub fn start_env(env: &[(&str, &str)]) -> Platform {
         let dirs = Dirs::new();
+        if env.iter().any(|(k, _)| *k == "MICRO_STORE") {
+            give_shared_keys(&dirs.root.path().join("data"));
+        }
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (server, addr) = spawn_server(&dirs, "127.0.0.1:0", &env);
         let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new(), env };
@@ -398,6 +403,22 @@ impl Dirs {
     /// The CLI's token store (`tokens.json`) in these directories' config dir.
     pub fn tokens_file(&self) -> PathBuf {
         self.root.path().join("config").join("tokens.json")
+    }
+}
+
+/// Puts the keys of `tests/it/fixtures/shared-keys` into the data dir `data`: servers that share their state in
+/// one database must hold the same keys, and the database remembers the first server's.
+pub fn give_shared_keys(data: &Path) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/shared-keys");
+    std::fs::create_dir_all(data).expect("create the data dir");
+    for key in ["auth.key", "config.key"] {
+        let to = data.join(key);
+        std::fs::copy(fixtures.join(key), &to).expect("copy a shared test key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod a key");
+        }
     }
 }
 

@@ -75,11 +75,24 @@ async fn main() -> anyhow::Result<()> {
         broker,
         registry: Default::default(),
     };
+    let shared = config.store != micro::server::store::StoreBackend::default();
+    let server_dir = config.data_dir.clone();
+    if shared {
+        keys(&server_dir, KeysTo::Server)?;
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(micro::server::serve(listener, config, async move {
         let _ = stopped.await;
     }));
-    let token = login(&proxy).await.context("cannot log in as the admin")?;
+    let token = login(&proxy).await.context(if shared {
+        "cannot log in as the admin (a database that other servers set up keeps their admin password: give the \
+         benchmark a database of its own)"
+    } else {
+        "cannot log in as the admin"
+    })?;
+    if shared {
+        keys(&server_dir, KeysTo::Kept)?;
+    }
     let scratch = data.path().join("scratch");
     std::fs::create_dir_all(&scratch)?;
     let bench = Bench { proxy, token, scratch };
@@ -94,6 +107,31 @@ async fn main() -> anyhow::Result<()> {
 
     let _ = stop.send(());
     server.await??;
+    Ok(())
+}
+
+/// Which way [`keys`] copies.
+enum KeysTo {
+    Server,
+    Kept,
+}
+
+/// Servers that share a database must hold the same key files (the database remembers the first server's), so
+/// runs against one database keep the first run's keys in the temp dir (`micro-bench-keys`) and give them to the
+/// next runs' servers.
+fn keys(server_dir: &std::path::Path, to: KeysTo) -> anyhow::Result<()> {
+    let kept = std::env::temp_dir().join("micro-bench-keys");
+    std::fs::create_dir_all(&kept)?;
+    std::fs::create_dir_all(server_dir)?;
+    for file in ["auth.key", "config.key"] {
+        let (from, into) = match to {
+            KeysTo::Server => (kept.join(file), server_dir.join(file)),
+            KeysTo::Kept => (server_dir.join(file), kept.join(file)),
+        };
+        if from.exists() && !into.exists() {
+            std::fs::copy(&from, &into).with_context(|| format!("cannot copy {}", from.display()))?;
+        }
+    }
     Ok(())
 }
 

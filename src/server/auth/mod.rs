@@ -1,26 +1,26 @@
 //! Auth: accounts, tokens and rules, enforced everywhere.
 //!
-//! [`Auth`] keeps accounts and rules in memory, backed by an embedded redb database in the data dir, and signs
-//! short-lived access tokens (HS256 JWTs, with a key generated into the data dir on first start, readable by the
-//! server's user only). The proxy calls [`Auth::authorize`] for every request, core services included, so rules are
+//! [`Auth`] keeps accounts and rules in memory, backed by a [`Table`] (an embedded redb database in the data dir,
+//! or PostgreSQL shared with other servers, which [`Auth::reload`] follows), and signs short-lived access tokens
+//! (HS256 JWTs, with a key generated into the data dir on first start, readable by the server's user only;
+//! servers that share their state must share this key file too). The proxy calls [`Auth::authorize`] for every request, core services included, so rules are
 //! enforced without a network round trip; decisions are cached until the rules change. Refresh tokens are opaque,
 //! stored hashed, rotate on use and are revoked when the account's secret changes or the account is deleted.
 
 pub mod rules;
 pub mod service;
-mod store;
 
+use super::state::{self, StateError, Table};
 use crate::proto::auth::{Access, Account as AccountMsg, Resource, Rule, Token};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use base64::Engine;
 use rand::RngCore;
 use rules::{Decision, Subject};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use store::Store;
 use tonic::Status;
 
 /// The default admin's id and name.
@@ -49,6 +49,8 @@ pub struct AuthConfig {
     pub access_ttl: Duration,
     /// The lifetime of a refresh token.
     pub refresh_ttl: Duration,
+    /// Where accounts, rules and refresh tokens live.
+    pub state: state::Location,
 }
 
 impl AuthConfig {
@@ -59,6 +61,7 @@ impl AuthConfig {
             admin_password: None,
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            state: state::Location::DataDir,
         }
     }
 }
@@ -224,7 +227,10 @@ type DecisionKey = (String, bool, Vec<String>, String, String);
 
 /// The auth core: accounts, rules and tokens.
 pub struct Auth {
-    store: Store,
+    /// Accounts and rules (`account/<ns>/<id>`, `rule/<ns>/<id>`), as JSON; changes are announced.
+    store: Table,
+    /// Refresh tokens (`refresh/<hash>`): the same table, but their changes are not announced (nothing caches them).
+    tokens: Table,
     state: RwLock<State>,
     encoding: jsonwebtoken::EncodingKey,
     decoding: jsonwebtoken::DecodingKey,
@@ -264,7 +270,36 @@ fn key_of(kind: &str, namespace: &str, id: &str) -> String {
 }
 
 fn storage(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+    Status::internal(format!("auth store: {e}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(storage)
+}
+
+/// Every value under `prefix`, decoded; undecodable entries are skipped with a warning.
+fn scan<T: DeserializeOwned>(table: &Table, prefix: &str) -> Result<Vec<(String, T)>, StateError> {
+    let mut out = Vec::new();
+    for (key, bytes) in table.scan(prefix)? {
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => out.push((key, value)),
+            Err(e) => tracing::warn!(%key, error = %e, "skipping an unreadable auth record"),
+        }
+    }
+    Ok(out)
+}
+
+/// Accounts and rules as stored.
+fn load_state(store: &Table) -> Result<State, StateError> {
+    let mut state = State::default();
+    for (_, a) in scan::<StoredAccount>(store, "account/")? {
+        state.accounts.insert((a.issuer.clone(), a.id.clone()), a);
+    }
+    for (key, r) in scan::<StoredRule>(store, "rule/")? {
+        let namespace = key.split('/').nth(1).unwrap_or_default().to_string();
+        state.rules.entry(namespace).or_default().push(r);
+    }
+    Ok(state)
 }
 
 /// Rules every namespace has; they cannot be deleted. Registry reads and reflection are public in `micro` only.
@@ -300,22 +335,19 @@ pub fn system_rules(namespace: &str) -> Vec<Rule> {
 }
 
 impl Auth {
-    /// Opens auth in `config.data_dir`: creates the signing key (mode 0600) and the default admin on first start.
+    /// Opens auth in `config.data_dir` (and `config.state`): creates the signing key (mode 0600) and the default
+    /// admin on first start. Blocks; with shared state, call it inside a tokio runtime but off its workers.
     pub fn open(config: AuthConfig) -> Result<Self, AuthError> {
-        let key = load_or_create_key(&config.data_dir.join("auth.key")).map_err(AuthError::Storage)?;
-        let store = Store::open(&config.data_dir.join("auth.redb")).map_err(|e| AuthError::Storage(e.to_string()))?;
-        let mut state = State::default();
-        for (_, a) in store.scan::<StoredAccount>("account/").map_err(|e| AuthError::Storage(e.to_string()))? {
-            state.accounts.insert((a.issuer.clone(), a.id.clone()), a);
-        }
-        for (key, r) in store.scan::<StoredRule>("rule/").map_err(|e| AuthError::Storage(e.to_string()))? {
-            let namespace = key.split('/').nth(1).unwrap_or_default().to_string();
-            state.rules.entry(namespace).or_default().push(r);
-        }
+        let failed = |e: StateError| AuthError::Storage(format!("auth store: {e}"));
+        let key = load_or_create_key(&config.data_dir.join(KEY_FILE)).map_err(AuthError::Storage)?;
+        state::check_key(&config.state, &config.data_dir, KEY_FILE, &crate::schema::hash(&key)).map_err(failed)?;
+        let store = Table::open(&config.state, &config.data_dir, "auth.redb", "auth").map_err(failed)?;
+        let state = load_state(&store).map_err(failed)?;
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         let auth = Self {
+            tokens: store.quiet(),
             store,
             state: RwLock::new(state),
             encoding: jsonwebtoken::EncodingKey::from_secret(&key),
@@ -365,9 +397,22 @@ impl Auth {
         Ok(())
     }
 
+    /// Reads accounts and rules again, after another server that shares them changed them: decisions and
+    /// verified tokens are forgotten (a deleted account's tokens stop working here too).
+    pub fn reload(&self) {
+        match load_state(&self.store) {
+            Ok(state) => {
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+                self.decisions.write().unwrap_or_else(|e| e.into_inner()).clear();
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reload the shared accounts and rules"),
+        }
+    }
+
     fn put_account(&self, account: StoredAccount) -> Result<(), Status> {
         let key = key_of("account", &account.issuer, &account.id);
-        self.store.apply(&[(key, account.clone())], &[]).map_err(storage)?;
+        self.store.apply(&[(key, encode(&account)?)], &[]).map_err(storage)?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.accounts.insert((account.issuer.clone(), account.id.clone()), account);
         Ok(())
@@ -492,8 +537,8 @@ impl Auth {
             account: account.id.clone(),
             expires: created + self.config.refresh_ttl.as_secs(),
         };
-        self.store
-            .apply(&[(format!("refresh/{}", crate::schema::hash(refresh.as_bytes())), record)], &[])
+        self.tokens
+            .apply(&[(format!("refresh/{}", crate::schema::hash(refresh.as_bytes())), encode(&record)?)], &[])
             .map_err(storage)?;
         Ok(Token { access_token: access, refresh_token: refresh, created: created as i64, expiry: claims.exp as i64 })
     }
@@ -553,9 +598,11 @@ impl Auth {
     /// Exchanges a refresh token for a new pair; the old refresh token stops working.
     pub fn refresh(&self, refresh_token: &str, expiry: Option<Duration>) -> Result<Token, Status> {
         let key = format!("refresh/{}", crate::schema::hash(refresh_token.as_bytes()));
-        let found = self.store.scan::<StoredRefresh>(&key).map_err(storage)?.into_iter().find(|(k, _)| *k == key);
-        let Some((_, record)) = found else { return Err(Status::unauthenticated("invalid token provided")) };
-        self.store.apply::<StoredRefresh>(&[], std::slice::from_ref(&key)).map_err(storage)?;
+        // Taken, not read: of two uses of one refresh token (on any server), one wins.
+        let taken = self.tokens.take(&key).map_err(storage)?;
+        let Some(record) = taken.and_then(|bytes| serde_json::from_slice::<StoredRefresh>(&bytes).ok()) else {
+            return Err(Status::unauthenticated("invalid token provided"));
+        };
         if record.expires < now() {
             return Err(Status::unauthenticated("invalid token provided"));
         }
@@ -568,19 +615,17 @@ impl Auth {
     /// Revokes one refresh token (logout). An unknown token is not an error.
     pub fn revoke(&self, refresh_token: &str) -> Result<(), Status> {
         let key = format!("refresh/{}", crate::schema::hash(refresh_token.as_bytes()));
-        self.store.apply::<StoredRefresh>(&[], std::slice::from_ref(&key)).map_err(storage)
+        self.tokens.apply(&[], std::slice::from_ref(&key)).map_err(storage)
     }
 
     fn revoke_refresh_tokens(&self, namespace: &str, id: &str) -> Result<(), Status> {
-        let stale: Vec<String> = self
-            .store
-            .scan::<StoredRefresh>("refresh/")
+        let stale: Vec<String> = scan::<StoredRefresh>(&self.tokens, "refresh/")
             .map_err(storage)?
             .into_iter()
             .filter(|(_, r)| r.namespace == namespace && r.account == id)
             .map(|(k, _)| k)
             .collect();
-        self.store.apply::<StoredRefresh>(&[], &stale).map_err(storage)
+        self.tokens.apply(&[], &stale).map_err(storage)
     }
 
     /// Creates an account; returns it with its plaintext secret (generated when empty).
@@ -643,7 +688,7 @@ impl Auth {
         if self.find_account(namespace, id).is_none_or(|a| a.id != id) {
             return Err(Status::not_found("Account not found"));
         }
-        self.store.apply::<StoredAccount>(&[], &[key_of("account", namespace, id)]).map_err(storage)?;
+        self.store.apply(&[], &[key_of("account", namespace, id)]).map_err(storage)?;
         self.state.write().unwrap_or_else(|e| e.into_inner()).accounts.remove(&(namespace.to_string(), id.to_string()));
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.revoke_refresh_tokens(namespace, id)
@@ -698,7 +743,7 @@ impl Auth {
                 return Err(Status::already_exists("A rule with this ID already exists"));
             }
         }
-        self.store.apply(&[(key_of("rule", namespace, &stored.id), stored.clone())], &[]).map_err(storage)?;
+        self.store.apply(&[(key_of("rule", namespace, &stored.id), encode(&stored)?)], &[]).map_err(storage)?;
         self.state.write().unwrap_or_else(|e| e.into_inner()).rules.entry(namespace.into()).or_default().push(stored);
         self.decisions.write().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
@@ -716,7 +761,7 @@ impl Auth {
         if !exists {
             return Err(Status::not_found("Rule not found"));
         }
-        self.store.apply::<StoredRule>(&[], &[key_of("rule", namespace, id)]).map_err(storage)?;
+        self.store.apply(&[], &[key_of("rule", namespace, id)]).map_err(storage)?;
         if let Some(rules) = self.state.write().unwrap_or_else(|e| e.into_inner()).rules.get_mut(namespace) {
             rules.retain(|r| r.id != id);
         }
@@ -729,6 +774,9 @@ impl Auth {
         self.find_account(namespace, id).filter(|a| a.id == id).map(|a| a.message())
     }
 }
+
+/// The signing key's file, in the data dir.
+pub const KEY_FILE: &str = "auth.key";
 
 /// The hash of a random secret, verified against when an account is missing so that both cases take the same time.
 fn dummy_hash() -> &'static str {
@@ -876,6 +924,58 @@ mod tests {
         assert!(auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").is_ok());
     }
 
+    /// Two servers on one PostgreSQL database (`MICRO_TEST_POSTGRES_URL`, as the store's tests) with the test keys
+    /// that every such server shares: what one changes, the other sees after a reload (which the server runs on
+    /// PostgreSQL's announcement).
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn servers_that_share_postgres_see_each_others_changes() {
+        let url = std::env::var("MICRO_TEST_POSTGRES_URL")
+            .expect("MICRO_TEST_POSTGRES_URL is not set: the postgres tests need a PostgreSQL to write to");
+        tokio::task::spawn_blocking(move || {
+            let open = || {
+                let dir = tempfile::tempdir().unwrap();
+                let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/shared-keys/auth.key");
+                std::fs::copy(key, dir.path().join(KEY_FILE)).unwrap();
+                let mut config = AuthConfig::new(dir.path().to_path_buf());
+                config.state = state::Location::Postgres(url.clone());
+                let auth = Auth::open(config).unwrap();
+                (dir, auth)
+            };
+            let ((_a_dir, a), (_b_dir, b)) = (open(), open());
+            let ns = format!("ns-{}", uuid::Uuid::new_v4());
+            a.create_account(&ns, "u", "", "user", vec![], HashMap::new(), "pw").unwrap();
+            assert!(b.login(&ns, "u", "pw", None).is_err(), "not yet reloaded");
+            b.reload();
+            let first = b.login(&ns, "u", "pw", None).unwrap();
+            assert_eq!(a.verify(&first.access_token).unwrap().id, "u", "one key signs for both");
+            // A refresh token works once, on whichever server.
+            let second = a.refresh(&first.refresh_token, None).unwrap();
+            assert!(b.refresh(&first.refresh_token, None).is_err());
+            // Rules.
+            let user =
+                Account { id: "u".into(), name: "u".into(), kind: "user".into(), scopes: vec![], issuer: ns.clone() };
+            assert!(b.authorize(Some(&user), &ns, "helloworld", "Helloworld.Call").is_ok());
+            let deny = Rule {
+                id: "no-hello".into(),
+                scope: "*".into(),
+                resource: rules::parse_resource("service:helloworld:*"),
+                access: Access::Denied as i32,
+                priority: 0,
+            };
+            a.create_rule(&ns, deny).unwrap();
+            b.reload();
+            assert!(b.authorize(Some(&user), &ns, "helloworld", "Helloworld.Call").is_err());
+            // Deleting the account ends its tokens everywhere.
+            assert!(b.verify(&second.access_token).is_ok());
+            a.delete_account(&ns, "u").unwrap();
+            b.reload();
+            assert!(b.verify(&second.access_token).is_err());
+        })
+        .await
+        .unwrap();
+    }
+
     #[test]
     fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -888,7 +988,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("auth.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -33,6 +33,8 @@ pub enum SecretError {
 #[derive(Clone)]
 pub struct Cipher {
     aead: Aes256Gcm,
+    /// A one-way fingerprint of the key, to tell whether two servers hold the same one.
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -44,7 +46,13 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// A cipher with `key`.
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
-        Self { aead: Aes256Gcm::new(key.into()) }
+        let fingerprint = crate::schema::hash(&[b"micro config key ".as_slice(), key].concat());
+        Self { aead: Aes256Gcm::new(key.into()), fingerprint }
+    }
+
+    /// A one-way fingerprint of the key (SHA-256 of a label and the key, hex).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Loads the key from `path`, or creates it (readable by its owner only) when there is none.

@@ -1,5 +1,6 @@
-//! The config's gRPC face and its storage: one document per namespace in `config.redb`, changed in one durable
-//! redb write transaction per `Set` or `Delete` (read, modify, write), off the async workers.
+//! The config's gRPC face and its storage: one document per namespace in a [`Table`] (`config.redb` in the data
+//! dir, or PostgreSQL shared with other servers), changed in one atomic read-modify-write per `Set` or `Delete`,
+//! off the async workers.
 //!
 //! Access (micro's choice; Micro required an administrator for everything): the namespace defaults to the
 //! caller's; members of the namespace may read it, administrators of it (or of `micro`) may change it and read
@@ -11,13 +12,10 @@ use crate::proto::config::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, SetRequest, SetResponse, Value as ValueMsg, config_server,
 };
 use crate::server::auth::Caller;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::Path;
+use crate::server::state::{StateError, Table};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The documents: namespace → JSON of the tagged [`Node`] tree.
-const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 /// The largest value one `Set` may carry, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// The largest document of a namespace, in bytes (as stored).
@@ -40,28 +38,11 @@ pub enum ConfigError {
     Storage(String),
 }
 
-impl From<redb::Error> for ConfigError {
-    fn from(e: redb::Error) -> Self {
-        match e {
-            redb::Error::Corrupted(m) => ConfigError::Storage(format!("the config database file is corrupt: {m}")),
-            redb::Error::Io(io) if matches!(io.raw_os_error(), Some(28) | Some(122)) => {
-                ConfigError::Storage(format!("the disk is full; nothing was written: {io}"))
-            }
-            other => ConfigError::Storage(other.to_string()),
-        }
+impl From<StateError> for ConfigError {
+    fn from(e: StateError) -> Self {
+        ConfigError::Storage(e.0)
     }
 }
-
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ConfigError {
-            fn from(e: $t) -> Self {
-                ConfigError::from(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-storage_from!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError, redb::DatabaseError);
 
 impl From<ConfigError> for Status {
     fn from(e: ConfigError) -> Self {
@@ -76,21 +57,16 @@ impl From<ConfigError> for Status {
     }
 }
 
-/// The config documents in a redb file.
+/// The config documents: namespace → JSON of the tagged [`Node`] tree.
 pub struct ConfigStore {
-    db: Database,
+    table: Table,
     cipher: Cipher,
 }
 
 impl ConfigStore {
-    /// Opens (or creates) the database at `path`, with secrets under `cipher`.
-    pub fn open(path: &Path, cipher: Cipher) -> Result<Self, ConfigError> {
-        let db = Database::create(path)
-            .map_err(|e| ConfigError::Storage(format!("cannot open {}: {}", path.display(), ConfigError::from(e))))?;
-        let tx = db.begin_write()?;
-        tx.open_table(DOCUMENTS)?;
-        tx.commit()?;
-        Ok(Self { db, cipher })
+    /// The documents in `table`, with secrets under `cipher`.
+    pub fn new(table: Table, cipher: Cipher) -> Self {
+        Self { table, cipher }
     }
 
     fn load(bytes: &[u8], namespace: &str) -> Result<Node, ConfigError> {
@@ -101,10 +77,8 @@ impl ConfigStore {
     /// The value at `path` of `namespace`'s document as JSON text (secrets decrypted with `reveal`).
     pub fn get(&self, namespace: &str, path: &str, reveal: bool) -> Result<String, ConfigError> {
         let segments = parse_path(path)?;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(DOCUMENTS)?;
-        let doc = match table.get(namespace)? {
-            Some(bytes) => Self::load(bytes.value(), namespace)?,
+        let doc = match self.table.get(namespace)? {
+            Some(bytes) => Self::load(&bytes, namespace)?,
             None => return Err(ConfigError::NotFound),
         };
         let node = doc.get(&segments).ok_or(ConfigError::NotFound)?;
@@ -136,21 +110,19 @@ impl ConfigStore {
         self.change(namespace, |doc| Ok(doc.delete(&segments)))
     }
 
-    /// Reads, changes and writes `namespace`'s document in one durable transaction; `f` says whether it changed.
+    /// Reads, changes and writes `namespace`'s document atomically; `f` says whether it changed.
     fn change(
         &self,
         namespace: &str,
         f: impl FnOnce(&mut Node) -> Result<bool, DocumentError>,
     ) -> Result<(), ConfigError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(DOCUMENTS)?;
-            let mut doc = match table.get(namespace)? {
-                Some(bytes) => Self::load(bytes.value(), namespace)?,
+        self.table.update(namespace, |old| {
+            let mut doc = match old {
+                Some(bytes) => Self::load(bytes, namespace)?,
                 None => Node::empty(),
             };
             if !f(&mut doc)? {
-                return Ok(());
+                return Ok(None);
             }
             let bytes = serde_json::to_vec(&doc).map_err(|e| ConfigError::Storage(e.to_string()))?;
             if bytes.len() > MAX_DOCUMENT_BYTES {
@@ -159,10 +131,8 @@ impl ConfigStore {
                     MAX_DOCUMENT_BYTES / (1024 * 1024)
                 )));
             }
-            table.insert(namespace, bytes.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(Some(bytes))
+        })
     }
 }
 
@@ -243,9 +213,12 @@ impl config_server::Config for ConfigService {
 mod tests {
     use super::*;
 
+    use crate::server::state::Location;
+    use std::path::Path;
+
     fn open(dir: &Path) -> ConfigStore {
         let cipher = Cipher::load_or_create(&dir.join(super::super::secrets::KEY_FILE)).unwrap();
-        ConfigStore::open(&dir.join("config.redb"), cipher).unwrap()
+        ConfigStore::new(Table::open(&Location::DataDir, dir, super::super::FILE, "config").unwrap(), cipher)
     }
 
     #[test]
