@@ -397,6 +397,11 @@ impl Auth {
         Ok(())
     }
 
+    /// Whether other servers share these accounts (the state is in PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.config.state.is_shared()
+    }
+
     /// Reads accounts and rules again, after another server that shares them changed them: decisions and
     /// verified tokens are forgotten (a deleted account's tokens stop working here too).
     pub fn reload(&self) {

@@ -414,10 +414,17 @@ impl Runtime {
     }
 
     /// Creates the service account of a service (`<name>-<version>`, type and scope `service`, issued by the
-    /// namespace), replacing one left from an earlier run; returns its id and secret.
+    /// namespace), replacing one left from an earlier run; returns its id and secret. When other servers share the
+    /// accounts, the id gets a random suffix, so that a server running the same service never replaces the
+    /// account (and so the credentials) of another server's copy.
     async fn service_account(&self, namespace: &str, name: &str, version: &str) -> Result<(String, String), RpcStatus> {
         let auth = self.ctx.auth.clone();
-        let (namespace, id) = (namespace.to_string(), format!("{name}-{version}"));
+        let id = if auth.is_shared() {
+            format!("{name}-{version}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else {
+            format!("{name}-{version}")
+        };
+        let namespace = namespace.to_string();
         tokio::task::spawn_blocking(move || {
             if let Some(existing) = auth.account(&namespace, &id) {
                 if existing.r#type != "service" {
