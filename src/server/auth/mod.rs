@@ -894,6 +894,22 @@ mod tests {
         assert_eq!(auth.login("micro", "admin", "micro", None).unwrap_err().code(), tonic::Code::ResourceExhausted);
     }
 
+    /// Account `u` of namespace `a`, a user without scopes.
+    fn plain_user() -> Account {
+        Account { id: "u".into(), name: "u".into(), kind: "user".into(), scopes: vec![], issuer: "a".into() }
+    }
+
+    /// A rule that denies every account helloworld, at priority 0.
+    fn deny_hello() -> Rule {
+        Rule {
+            id: "no-hello".into(),
+            scope: "*".into(),
+            resource: rules::parse_resource("service:helloworld:*"),
+            access: Access::Denied as i32,
+            priority: 0,
+        }
+    }
+
     #[test]
     fn rules_and_namespaces() {
         let (_dir, auth) = open();
@@ -905,21 +921,14 @@ mod tests {
         );
         assert!(auth.authorize(None, "micro", "auth", "Auth.Token").is_ok());
         assert!(auth.authorize(None, "micro", "helloworld", "Helloworld.Call").is_err());
-        let user =
-            Account { id: "u".into(), name: "u".into(), kind: "user".into(), scopes: vec![], issuer: "a".into() };
+        let user = plain_user();
         assert!(auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").is_ok());
         assert_eq!(
             auth.authorize(Some(&user), "b", "helloworld", "Helloworld.Call").unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
         // A deny rule at equal priority wins over the system grant, and the cache notices the change.
-        let deny = Rule {
-            id: "no-hello".into(),
-            scope: "*".into(),
-            resource: rules::parse_resource("service:helloworld:*"),
-            access: Access::Denied as i32,
-            priority: 0,
-        };
+        let deny = deny_hello();
         auth.create_rule("a", deny).unwrap();
         assert_eq!(
             auth.authorize(Some(&user), "a", "helloworld", "Helloworld.Call").unwrap_err().code(),
@@ -958,16 +967,9 @@ mod tests {
             let second = a.refresh(&first.refresh_token, None).unwrap();
             assert!(b.refresh(&first.refresh_token, None).is_err());
             // Rules.
-            let user =
-                Account { id: "u".into(), name: "u".into(), kind: "user".into(), scopes: vec![], issuer: ns.clone() };
+            let user = Account { issuer: ns.clone(), ..plain_user() };
             assert!(b.authorize(Some(&user), &ns, "helloworld", "Helloworld.Call").is_ok());
-            let deny = Rule {
-                id: "no-hello".into(),
-                scope: "*".into(),
-                resource: rules::parse_resource("service:helloworld:*"),
-                access: Access::Denied as i32,
-                priority: 0,
-            };
+            let deny = deny_hello();
             a.create_rule(&ns, deny).unwrap();
             b.reload();
             assert!(b.authorize(Some(&user), &ns, "helloworld", "Helloworld.Call").is_err());
