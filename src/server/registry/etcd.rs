@@ -4,11 +4,12 @@
 //! `MICRO_REGISTRY`). Every server keeps its in-memory registry (the proxy's routing stays a memory lookup) and
 //! [`replicate`] keeps it in step with etcd:
 //!
-//! - **Out:** once a second, every node registered with this server (not the core services, which every server
-//!   has, and not nodes mirrored from others) is written to `micro/registry/<server>/<domain>/<name>/<version>/<node>`
+//! - **Out:** whenever the local registry changes (and every [`RESYNC`] besides), every node registered with this
+//!   server (not the core services, which every server has, and not nodes mirrored from others) that is new or
+//!   different from what was last written is written to `micro/registry/<server>/<domain>/<name>/<version>/<node>`
 //!   as the protobuf `Service` with that one node and its full schema. The keys hang on one lease of this server,
 //!   kept alive while it runs: if the server dies, its nodes leave etcd within [`LEASE_TTL`]. A node that
-//!   deregisters or expires here is deleted from etcd at the next tick.
+//!   deregisters or expires here is deleted from etcd at once.
 //! - **In:** the other servers' keys are read, then watched; each becomes a node in the local registry (with no
 //!   TTL of its own, and its owner in the node's `registry.origin` metadata) until its key is deleted.
 //!
@@ -30,8 +31,9 @@ const PREFIX: &str = "micro/registry/";
 pub const ORIGIN: &str = "registry.origin";
 /// How long this server's keys outlive it in etcd.
 pub const LEASE_TTL: i64 = 10;
-/// How often this server's nodes are written out.
-const TICK: Duration = Duration::from_secs(1);
+/// How often this server's nodes are compared with what was written out even when no change was announced (the
+/// announcements are a bounded channel, which may lag).
+const RESYNC: Duration = Duration::from_secs(10);
 /// How long to wait before reconnecting to etcd.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -111,6 +113,32 @@ fn local_nodes(registry: &MemoryRegistry, server: &str) -> BTreeMap<String, Vec<
     out
 }
 
+/// Whether every node of `service` is mirrored from another server.
+fn is_mirrored(service: &Service) -> bool {
+    !service.nodes.is_empty() && service.nodes.iter().all(|n| n.metadata.contains_key(ORIGIN))
+}
+
+/// Writes this server's nodes that are new or changed since `written`, and deletes the ones that are gone.
+async fn write_out(
+    client: &mut Client,
+    registry: &MemoryRegistry,
+    server: &str,
+    lease: i64,
+    written: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), etcd_client::Error> {
+    let local = local_nodes(registry, server);
+    for (key, value) in &local {
+        if written.get(key) != Some(value) {
+            client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))).await?;
+        }
+    }
+    for key in written.keys().filter(|k| !local.contains_key(*k)) {
+        client.delete(key.as_str(), None).await?;
+    }
+    *written = local;
+    Ok(())
+}
+
 /// Applies another server's key to the local registry: the node joins, marked with its origin.
 fn mirror(registry: &MemoryRegistry, key: &str, value: &[u8]) {
     let Some([origin, domain, ..]) = parse_key(key) else { return };
@@ -185,8 +213,9 @@ async fn session(
     let mut events =
         client.watch(PREFIX, Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1))).await?;
 
+    let mut changes = registry.watch();
     let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(RESYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keepalive = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3).max(1) as u64));
     loop {
@@ -196,17 +225,20 @@ async fn session(
                 let _ = client.lease_revoke(lease).await;
                 return Ok(());
             }
-            _ = tick.tick() => {
-                let local = local_nodes(registry, server);
-                for (key, value) in &local {
-                    if written.get(key) != Some(value) {
-                        client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))).await?;
-                    }
+            _ = tick.tick() => write_out(&mut client, registry, server, lease, &mut written).await?,
+            change = changes.recv() => {
+                // A burst of changes is one comparison; a mirrored node's change is not this server's to write.
+                let mut own_change = match change {
+                    Ok(c) => !is_mirrored(&c.service),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                while let Ok(c) = changes.try_recv() {
+                    own_change |= !is_mirrored(&c.service);
                 }
-                for key in written.keys().filter(|k| !local.contains_key(*k)) {
-                    client.delete(key.as_str(), None).await?;
+                if own_change {
+                    write_out(&mut client, registry, server, lease, &mut written).await?;
                 }
-                written = local;
             }
             _ = keepalive.tick() => keeper.keep_alive().await?,
             answer = keepalives.message() => {
