@@ -38,6 +38,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
 /// How often readiness is checked.
 const READY_POLL: Duration = Duration::from_millis(50);
+/// How long a stopping process that the runtime registered (from reflection) keeps running after it left the
+/// registry, so that calls the proxy routed to it just before finish.
+pub const DRAIN: Duration = Duration::from_millis(500);
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -389,6 +392,12 @@ async fn instance(
                     }
                 },
                 _ = generation.stop.cancelled() => {
+                    // A service the runtime registered cannot leave the registry itself: take it out first, so no
+                    // new call is routed here, and give the calls on their way a moment before the signal.
+                    if let Some(record) = foreign.take() {
+                        let _ = rt.ctx.registry.deregister(&svc.namespace, &record);
+                        tokio::time::sleep(DRAIN).await;
+                    }
                     let status = terminate(&mut child, pid, spec.grace).await;
                     note(&format!("stopped process {pid}{}", status.map(|s| format!(" ({})", describe(&s))).unwrap_or_default()));
                     break Outcome::Stopped;
