@@ -52,6 +52,24 @@ impl ExitStatus {
     }
 }
 
+impl ExitStatus {
+    /// The status of an exit code of `micro` (`None` for a code micro does not use).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            ExitStatus::Success,
+            ExitStatus::Failure,
+            ExitStatus::Unauthorized,
+            ExitStatus::MalformedMethod,
+            ExitStatus::NotFound,
+            ExitStatus::UnknownMethod,
+            ExitStatus::ServiceError,
+            ExitStatus::InvalidInput,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+}
+
 impl From<ExitStatus> for std::process::ExitCode {
     fn from(s: ExitStatus) -> Self {
         std::process::ExitCode::from(s.code())

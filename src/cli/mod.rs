@@ -14,6 +14,7 @@ pub mod env;
 pub mod events;
 pub mod get;
 pub mod health;
+pub mod interactive;
 pub mod kill;
 pub mod login;
 pub mod logout;
@@ -102,6 +103,8 @@ pub enum Command {
     Events(events::Args),
     /// Print a shell completion script.
     Completion(completion::Args),
+    /// Run the interactive CLI: a `micro> ` prompt that runs each line as a micro command.
+    Cli(interactive::Args),
     /// A service name: `micro <service> [endpoint] [--flags]`.
     #[command(external_subcommand)]
     Service(Vec<OsString>),
@@ -146,6 +149,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Broker(args) => broker::exec(&settings, args).await,
         Command::Events(args) => events::exec(&settings, args).await,
         Command::Completion(args) => completion::exec(args),
+        Command::Cli(args) => interactive::exec(&cli.global, cli.output, args).await,
         Command::Service(args) => dynamic::exec(&settings, args).await,
     }
 }

@@ -15,6 +15,7 @@ mod errors;
 mod etcd;
 mod events;
 mod gateway;
+mod interactive;
 #[cfg(feature = "nats")]
 mod nats;
 mod new;
