@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/micro/broker/broker.proto",
     "proto/micro/events/events.proto",
     "proto/micro/runtime/runtime.proto",
+    "proto/micro/debug/debug.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -44,3 +44,9 @@ pub mod events {
 pub mod runtime {
     tonic::include_proto!("runtime");
 }
+
+/// The debug service (`package debug`): a process's statistics.
+#[allow(missing_docs, clippy::all)]
+pub mod debug {
+    tonic::include_proto!("debug");
+}

@@ -24,6 +24,7 @@ pub mod output;
 pub mod run;
 pub mod server;
 pub mod services;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod user;
@@ -73,6 +74,8 @@ pub enum Command {
     Get(get::Args),
     /// Check the health of each node of a service.
     Health(health::Args),
+    /// Show each node's process statistics: started, uptime, memory, threads.
+    Stats(stats::Args),
     /// Log in to the current env and namespace; the token is saved and refreshed automatically.
     Login(login::Args),
     /// Log out of the current env and namespace.
@@ -134,6 +137,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Stream(args) => call::exec(&settings, args).await,
         Command::Get(args) => get::exec(&settings, args).await,
         Command::Health(args) => health::exec(&settings, args).await,
+        Command::Stats(args) => stats::exec(&settings, args).await,
         Command::Login(args) => login::exec(&settings, args).await,
         Command::Logout(args) => logout::exec(&settings, args).await,
         Command::User(args) => user::exec(&settings, args).await,

@@ -246,6 +246,7 @@ pub async fn serve_all(
         .add_service(accounts_server)
         .add_service(rules_server)
         .add_service(health_service)
+        .add_service(crate::service::debug::DebugService::new().server())
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha());
     let core_router = routes.routes().prepare().into_axum_router();

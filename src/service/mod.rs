@@ -9,6 +9,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod debug;
 pub mod events;
 pub mod store;
 
@@ -193,7 +194,7 @@ impl Service {
             health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
         }
         let mut routes = std::mem::take(&mut self.routes);
-        routes.add_service(health_service);
+        routes.add_service(health_service).add_service(debug::DebugService::new().server());
         if let Some(fds) = &self.descriptors {
             let builder = tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(fds);
             let v1 = builder.build_v1().map_err(|e| ServiceError::Config(format!("reflection: {e}")))?;

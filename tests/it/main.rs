@@ -27,5 +27,6 @@ mod reflection;
 mod registry;
 mod runtime;
 mod services;
+mod stats;
 mod store;
 mod streaming;
