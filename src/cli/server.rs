@@ -27,9 +27,9 @@ pub struct Args {
     /// Origins the API gateway allows for CORS (comma list); any origin when empty.
     #[arg(long, env = env::MICRO_API_CORS_ORIGINS, value_delimiter = ',', value_name = "ORIGIN")]
     pub api_cors_origins: Vec<String>,
-    /// Where the store keeps its records, and auth and config their state: `redb` (embedded, in the data dir) or a
-    /// `postgres://user:password@host/db` URL (in a build with the `postgres` feature; servers that share the
-    /// database share accounts and config, and must hold the same auth.key and config.key).
+    /// Where the store keeps its records, and auth, config and events their state: `redb` (embedded, in the data
+    /// dir) or a `postgres://user:password@host/db` URL (in a build with the `postgres` feature; servers that share
+    /// the database share accounts, config and events, and must hold the same auth.key and config.key).
     #[arg(long, env = env::MICRO_STORE, default_value = "redb", value_parser = crate::server::store::StoreBackend::parse, value_name = "redb|URL", hide_env_values = true)]
     pub store: crate::server::store::StoreBackend,
     /// Where the broker's messages travel: `memory` (in this server) or a `nats://host:port` URL (in a build with

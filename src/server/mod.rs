@@ -234,7 +234,7 @@ pub async fn serve_all(
     store::start(&ctx, &config.store, &mut routes).await?;
     config::start(&ctx, &state_location, &mut routes).await?;
     broker::start(&ctx, &config.broker, &mut routes).await?;
-    events::start(&ctx, &mut routes).await?;
+    events::start(&ctx, &state_location, &mut routes).await?;
     runtime::start(&ctx, &mut routes).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -252,8 +252,8 @@ pub async fn listen(
 }
 
 #[cfg(feature = "postgres")]
-mod pg {
-    //! The PostgreSQL side of [`super::Table`].
+pub(crate) mod pg {
+    //! The PostgreSQL side of [`super::Table`], and the connection and notification helpers that events share.
 
     use super::StateError;
     use crate::server::store::postgres::redact;
@@ -278,7 +278,8 @@ COMMIT;
     /// The channel that announces changes; the payload is the area.
     const CHANNEL: &str = "micro_state";
 
-    fn pg_error(e: tokio_postgres::Error) -> StateError {
+    /// A PostgreSQL error as a [`StateError`], with the server's message where there is one.
+    pub fn pg_error(e: tokio_postgres::Error) -> StateError {
         StateError(format!("PostgreSQL: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string())))
     }
 
@@ -289,7 +290,8 @@ COMMIT;
         Ok(())
     }
 
-    async fn connect(
+    /// Opens a connection (its driver is the caller's to spawn).
+    pub async fn connect(
         url: &str,
     ) -> Result<
         (Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
@@ -300,50 +302,90 @@ COMMIT;
             .map_err(|e| StateError(format!("cannot connect to PostgreSQL at {}: {e}", redact(url))))
     }
 
-    /// One area of `micro_state`, over one connection (reopened on the next call after it drops).
-    pub struct PgTable {
+    /// One PostgreSQL connection for blocking callers (reopened on the next call after it drops), driven on the
+    /// runtime it was opened in.
+    pub struct Conn {
         url: String,
-        area: &'static str,
+        label: &'static str,
         client: tokio::sync::Mutex<Option<Client>>,
-        runtime: Handle,
+        /// How many times the connection was opened: a new session has none of the old one's locks.
+        opened: std::sync::atomic::AtomicU64,
+        /// The runtime that runs the queries (`block_on`).
+        pub runtime: Handle,
     }
 
-    impl PgTable {
-        /// Connects and creates the schema when missing. Must be called from inside a tokio runtime (a
-        /// `spawn_blocking` thread included), but not from async code.
-        pub fn open(url: &str, area: &'static str) -> Result<Self, StateError> {
+    impl Conn {
+        /// Connects. Must be called from inside a tokio runtime (a `spawn_blocking` thread included), but not from
+        /// async code; `label` names the connection in warnings.
+        pub fn open(url: &str, label: &'static str) -> Result<Self, StateError> {
             let runtime = Handle::try_current()
-                .map_err(|_| StateError("the PostgreSQL state must be opened inside a tokio runtime".into()))?;
-            let table = Self { url: url.to_string(), area, client: tokio::sync::Mutex::new(None), runtime };
-            {
-                let mut guard = table.lock()?;
-                let c = guard.as_mut().expect("lock connects");
-                table.runtime.block_on(c.batch_execute(SCHEMA)).map_err(pg_error)?;
+                .map_err(|_| StateError("PostgreSQL must be opened inside a tokio runtime".into()))?;
+            let conn = Self {
+                url: url.to_string(),
+                label,
+                client: tokio::sync::Mutex::new(None),
+                opened: std::sync::atomic::AtomicU64::new(0),
+                runtime,
+            };
+            drop(conn.lock()?);
+            Ok(conn)
+        }
+
+        /// Whether the connection is open now (a busy one counts as open; a dropped one reopens on next use).
+        pub fn is_open(&self) -> bool {
+            match self.client.try_lock() {
+                Ok(guard) => guard.as_ref().is_some_and(|c| !c.is_closed()),
+                Err(_) => true,
             }
-            Ok(table)
         }
 
         /// The connection, held for the caller's whole exchange; reopened when it has dropped.
-        fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StateError> {
+        pub fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StateError> {
             let mut guard = self.client.blocking_lock();
             if guard.as_ref().is_none_or(|c| c.is_closed()) {
                 let (client, connection) = self.runtime.block_on(connect(&self.url))?;
-                let area = self.area;
+                let label = self.label;
                 self.runtime.spawn(async move {
                     if let Err(e) = connection.await {
-                        tracing::warn!(area, error = %e, "a PostgreSQL connection of the core services' state ended");
+                        tracing::warn!(connection = label, error = %e, "a PostgreSQL connection ended");
                     }
                 });
                 *guard = Some(client);
+                self.opened.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
             Ok(guard)
         }
 
+        /// Which opening of the connection is the current one (see [`Conn::lock`]).
+        pub fn session(&self) -> u64 {
+            self.opened.load(std::sync::atomic::Ordering::Acquire)
+        }
+    }
+
+    /// One area of `micro_state`, over one connection.
+    pub struct PgTable {
+        conn: Conn,
+        area: &'static str,
+    }
+
+    impl PgTable {
+        /// Connects and creates the schema when missing (see [`Conn::open`] for where it may be called).
+        pub fn open(url: &str, area: &'static str) -> Result<Self, StateError> {
+            let table = Self { conn: Conn::open(url, area)?, area };
+            {
+                let mut guard = table.conn.lock()?;
+                let c = guard.as_mut().expect("lock connects");
+                table.conn.runtime.block_on(c.batch_execute(SCHEMA)).map_err(pg_error)?;
+            }
+            Ok(table)
+        }
+
         pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
             check_key(key)?;
-            let guard = self.lock()?;
+            let guard = self.conn.lock()?;
             let c = guard.as_ref().expect("lock connects");
             let row = self
+                .conn
                 .runtime
                 .block_on(
                     c.query_opt("SELECT value FROM micro_state WHERE area = $1 AND key = $2", &[&self.area, &key]),
@@ -354,9 +396,10 @@ COMMIT;
 
         pub fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
             check_key(prefix)?;
-            let guard = self.lock()?;
+            let guard = self.conn.lock()?;
             let c = guard.as_ref().expect("lock connects");
             let rows = self
+                .conn
                 .runtime
                 .block_on(c.query(
                     "SELECT key, value FROM micro_state WHERE area = $1 AND starts_with(key, $2) ORDER BY key",
@@ -378,9 +421,10 @@ COMMIT;
             }
             let keys: Vec<&str> = last.keys().copied().collect();
             let values: Vec<&[u8]> = last.values().copied().collect();
-            let mut guard = self.lock()?;
+            let mut guard = self.conn.lock()?;
             let c = guard.as_mut().expect("lock connects");
-            self.runtime
+            self.conn
+                .runtime
                 .block_on(async {
                     let tx = c.transaction().await?;
                     if !keys.is_empty() {
@@ -409,9 +453,10 @@ COMMIT;
 
         pub fn take(&self, key: &str, announce: bool) -> Result<Option<Vec<u8>>, StateError> {
             check_key(key)?;
-            let mut guard = self.lock()?;
+            let mut guard = self.conn.lock()?;
             let c = guard.as_mut().expect("lock connects");
             let row = self
+                .conn
                 .runtime
                 .block_on(async {
                     let tx = c.transaction().await?;
@@ -440,12 +485,12 @@ COMMIT;
             check_key(key)?;
             // The connection is held throughout; the transaction locks the key (a row lock cannot lock a key that
             // has no row yet), reads, lets `change` decide, and writes.
-            let guard = self.lock()?;
+            let guard = self.conn.lock()?;
             let c = guard.as_ref().expect("lock connects");
             let rollback = || {
-                let _ = self.runtime.block_on(c.batch_execute("ROLLBACK"));
+                let _ = self.conn.runtime.block_on(c.batch_execute("ROLLBACK"));
             };
-            let read = self.runtime.block_on(async {
+            let read = self.conn.runtime.block_on(async {
                 c.batch_execute("BEGIN").await?;
                 c.execute("SELECT pg_advisory_xact_lock(728304196, hashtext($1 || '/' || $2))", &[&self.area, &key])
                     .await?;
@@ -469,7 +514,7 @@ COMMIT;
                     return Err(e);
                 }
             };
-            let written = self.runtime.block_on(async {
+            let written = self.conn.runtime.block_on(async {
                 c.execute(
                     "INSERT INTO micro_state (area, key, value) VALUES ($1, $2, $3) \
                      ON CONFLICT (area, key) DO UPDATE SET value = excluded.value",
@@ -489,16 +534,18 @@ COMMIT;
         }
     }
 
-    /// See [`super::listen`].
-    pub async fn listen(
+    /// Calls `on` (off the async workers) with every burst of notifications on `channel`, and with `None` after
+    /// every (re)connect, when notifications may have been missed; until `cancel` fires. Reconnects every second
+    /// after a failure.
+    pub async fn notifications(
         url: &str,
-        area: &'static str,
-        changed: Arc<dyn Fn() + Send + Sync>,
+        channel: &'static str,
+        on: Arc<dyn Fn(Option<Vec<String>>) + Send + Sync>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        let reload = |changed: Arc<dyn Fn() + Send + Sync>| async move {
-            if let Err(e) = tokio::task::spawn_blocking(move || changed()).await {
-                tracing::warn!(area, error = %e, "reloading shared state failed");
+        let call = |on: Arc<dyn Fn(Option<Vec<String>>) + Send + Sync>, batch: Option<Vec<String>>| async move {
+            if let Err(e) = tokio::task::spawn_blocking(move || on(batch)).await {
+                tracing::warn!(channel, error = %e, "handling a PostgreSQL notification failed");
             }
         };
         let mut first = true;
@@ -513,7 +560,7 @@ COMMIT;
             let (client, mut connection) = match connect(url).await {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(area, error = %e, "cannot listen for changes of shared state; retrying");
+                    tracing::warn!(channel, error = %e, "cannot listen for PostgreSQL notifications; retrying");
                     continue;
                 }
             };
@@ -528,19 +575,19 @@ COMMIT;
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "the PostgreSQL connection that listens for changes ended");
+                            tracing::warn!(error = %e, "the PostgreSQL connection that listens for notifications ended");
                             return;
                         }
                     }
                 }
             });
-            if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                tracing::warn!(area, error = %pg_error(e), "cannot listen for changes of shared state; retrying");
+            if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+                tracing::warn!(channel, error = %pg_error(e), "cannot listen for PostgreSQL notifications; retrying");
                 driver.abort();
                 continue;
             }
-            // Whatever changed while no one listened.
-            reload(changed.clone()).await;
+            // Whatever happened while no one listened.
+            call(on.clone(), None).await;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => {
@@ -549,19 +596,32 @@ COMMIT;
                     }
                     payload = rx.recv() => {
                         let Some(payload) = payload else { break };
-                        let mut relevant = payload == area;
-                        // A burst of changes is one reload.
+                        let mut batch = vec![payload];
                         while let Ok(more) = rx.try_recv() {
-                            relevant |= more == area;
+                            batch.push(more);
                         }
-                        if relevant {
-                            reload(changed.clone()).await;
-                        }
+                        call(on.clone(), Some(batch)).await;
                     }
                 }
             }
             drop(client);
         }
+    }
+
+    /// See [`super::listen`].
+    pub async fn listen(
+        url: &str,
+        area: &'static str,
+        changed: Arc<dyn Fn() + Send + Sync>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let on: Arc<dyn Fn(Option<Vec<String>>) + Send + Sync> = Arc::new(move |batch| {
+            // A burst of changes is one reload; a reconnect is one too.
+            if batch.is_none_or(|b| b.iter().any(|p| p == area)) {
+                changed();
+            }
+        });
+        notifications(url, CHANNEL, on, cancel).await;
     }
 }
 

@@ -92,3 +92,48 @@ fn servers_that_share_a_database_share_accounts_tokens_and_config() {
         "{stderr}"
     );
 }
+
+#[test]
+fn servers_that_share_a_database_share_events_and_serve_a_group_one_at_a_time() {
+    use micro::service::client::Client;
+    use micro::service::events::{ConsumeOptions, Events};
+    use std::time::Duration;
+
+    let url = url();
+    let a = Platform::start_env(&[("MICRO_STORE", &url)]);
+    let b = Platform::start_env(&[("MICRO_STORE", &url)]);
+    let topic = format!("work-{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let events = |p: &Platform| Events::from_client(&Client::new(&p.addr, "micro").unwrap().with_token(p.token()));
+    let wait = Duration::from_secs(10);
+    crate::support::block_on(async {
+        let (on_a, on_b) = (events(&a), events(&b));
+        let group = || ConsumeOptions::group("workers").from_sequence(1);
+
+        // Published on A, consumed on B.
+        assert_eq!(on_a.publish(&topic, "e1", Default::default()).await.unwrap().sequence, 1);
+        let mut served_by_b = on_b.consume(&topic, group()).await.unwrap();
+        let e = tokio::time::timeout(wait, served_by_b.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((e.sequence, e.payload.as_slice()), (1, b"e1".as_slice()));
+        e.ack().await.unwrap();
+        // A consumer on B is woken by a publish on A.
+        on_a.publish(&topic, "e2", Default::default()).await.unwrap();
+        let e = tokio::time::timeout(wait, served_by_b.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.sequence, 2);
+        e.ack().await.unwrap();
+
+        // A member of the same group on A waits while B serves the group: each event goes to one member.
+        let mut standby_on_a = on_a.consume(&topic, group()).await.unwrap();
+        on_a.publish(&topic, "e3", Default::default()).await.unwrap();
+        let e = tokio::time::timeout(wait, served_by_b.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.sequence, 3);
+        e.ack().await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(500), standby_on_a.next()).await.is_err());
+
+        // When B's member leaves, A takes the group over where B left off.
+        served_by_b.close().await;
+        on_b.publish(&topic, "e4", Default::default()).await.unwrap();
+        let e = tokio::time::timeout(wait, standby_on_a.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((e.sequence, e.redelivered), (4, 0), "A resumes after B's last ack");
+        e.ack().await.unwrap();
+    });
+}

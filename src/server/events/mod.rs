@@ -13,11 +13,17 @@
 //! A new group starts at the head of the topic (only events published from then on, as in Micro), or at a time or
 //! a sequence the consumer gives.
 //!
+//! When the server's store is in PostgreSQL, so are the events (see [`postgres`]): every server that shares the
+//! database sees every topic, and a durable group is served by one server at a time. A group's [`Ownership`]
+//! says whether this server serves it; its members elsewhere wait on standby and take over where it left off.
+//!
 //! Access: an account of the namespace (the caller's `micro-namespace`), or an administrator of `micro`. Micro
 //! required a `micro` administrator for everything; micro lets each namespace use its own streams, isolated from
 //! the others.
 
 pub mod group;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod service;
 pub mod store;
 
@@ -40,14 +46,46 @@ const MAX_BATCH: usize = 1024;
 /// After shutdown begins, the writer stops once no operation arrived for this long.
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
+/// How often a server on standby tries to take a durable group, and checks that it still holds the ones it serves.
+#[cfg(feature = "postgres")]
+const OWNERSHIP_POLL: Duration = Duration::from_secs(1);
+
 /// Starts the events service and adds its gRPC services to `routes`.
-pub async fn start(ctx: &CoreContext, routes: &mut tonic::service::RoutesBuilder) -> Result<(), ServerError> {
-    let path = ctx.data_dir.join(DB_FILE);
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
-        .await
-        .map_err(|e| ServerError::Start { service: "events", message: e.to_string() })?
-        .map_err(|e| ServerError::Start { service: "events", message: e.to_string() })?;
+pub async fn start(
+    ctx: &CoreContext,
+    location: &super::state::Location,
+    routes: &mut tonic::service::RoutesBuilder,
+) -> Result<(), ServerError> {
+    let start_error = |message: String| ServerError::Start { service: "events", message };
+    let store = match location {
+        super::state::Location::DataDir => {
+            let path = ctx.data_dir.join(DB_FILE);
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| start_error(e.to_string()))?
+                .map_err(|e| start_error(e.to_string()))?
+        }
+        #[cfg(feature = "postgres")]
+        super::state::Location::Postgres(url) => {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || Store::open_shared(&url))
+                .await
+                .map_err(|e| start_error(e.to_string()))?
+                .map_err(|e| start_error(e.to_string()))?
+        }
+    };
     let events = Events::start(Arc::new(store), ctx.cancel.clone(), &ctx.tasks);
+    #[cfg(feature = "postgres")]
+    if let super::state::Location::Postgres(url) = location {
+        let owners = {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || postgres::Owners::open(&url))
+                .await
+                .map_err(|e| start_error(e.to_string()))?
+                .map_err(|e| start_error(e.to_string()))?
+        };
+        events.share(owners, url.clone());
+    }
     let (stream, store) = service::EventsService::new(events).servers();
     routes.add_service(stream).add_service(store);
     Ok(())
@@ -64,11 +102,24 @@ pub enum EventsError {
     Closed,
 }
 
+/// Whether this server serves a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Another server serves it; this one waits to take over.
+    Standby,
+    /// This server serves it.
+    Owned,
+    /// This server served it but lost its hold (its database session dropped): its members must end.
+    Lost,
+}
+
 /// A consumer group, shared by its members.
 #[derive(Debug)]
 pub struct Group {
     key: GroupKey,
     durable: bool,
+    /// Whether this server serves the group (always [`Ownership::Owned`] unless the events are shared).
+    pub ownership: watch::Sender<Ownership>,
     /// Its bookkeeping.
     pub state: Mutex<GroupState>,
     /// Woken when events become ready for redelivery (a member left or nacked).
@@ -106,6 +157,9 @@ pub enum Start {
 /// The events core: storage, the writer, topic heads and consumer groups.
 pub struct Events {
     store: Arc<Store>,
+    /// The locks that make this server serve durable groups, when the events are shared.
+    #[cfg(feature = "postgres")]
+    owners: std::sync::OnceLock<Arc<postgres::Owners>>,
     writer: mpsc::Sender<Op>,
     heads: Mutex<HashMap<(String, String), watch::Sender<u64>>>,
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
@@ -122,6 +176,8 @@ impl Events {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let events = Arc::new(Events {
             store,
+            #[cfg(feature = "postgres")]
+            owners: std::sync::OnceLock::new(),
             writer: tx,
             heads: Default::default(),
             groups: Default::default(),
@@ -180,9 +236,10 @@ impl Events {
     }
 
     /// Joins consumer group `name` of a topic (a private group when `name` is empty), creating it at `start` if it
-    /// is new.
+    /// is new. When the events are shared, a durable group may be on [`Ownership::Standby`] until this server
+    /// takes it over.
     pub async fn join(
-        &self,
+        self: &Arc<Self>,
         namespace: &str,
         topic: &str,
         name: &str,
@@ -198,26 +255,26 @@ impl Events {
             g.lock().members += 1;
             return Ok(g.clone());
         }
-        let (ns, t, g) = key.clone();
-        let (position, fresh) = self
-            .blocking(move |s| {
-                if durable && let Some(p) = s.group(&ns, &t, &g)? {
-                    return Ok((p, false));
-                }
-                let first = match start {
-                    Start::Head => s.head(&ns, &t)? + 1,
-                    Start::Sequence(seq) => seq.max(1),
-                    Start::Time(ts) => s.first_at(&ns, &t, ts)?,
-                };
-                Ok((GroupPosition { floor: first - 1, done: Vec::new() }, true))
-            })
-            .await?;
+        let position = self.position(&key, durable, start).await?;
+        #[cfg(feature = "postgres")]
+        if durable && let Some(owners) = self.owners.get() {
+            // Where a new group starts is fixed now, when the consumer subscribes, even if this server serves it
+            // only later.
+            return Ok(self.join_shared(key, position.0, owners.clone()));
+        }
         let group = {
             let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
             let group = groups.entry(key.clone()).or_insert_with(|| {
+                let (position, fresh) = position;
                 let mut state = GroupState::at(position);
                 state.dirty = durable && fresh;
-                Arc::new(Group { key, durable, state: Mutex::new(state), changed: Notify::new() })
+                Arc::new(Group {
+                    key,
+                    durable,
+                    ownership: watch::channel(Ownership::Owned).0,
+                    state: Mutex::new(state),
+                    changed: Notify::new(),
+                })
             });
             group.lock().members += 1;
             group.clone()
@@ -226,6 +283,111 @@ impl Events {
             self.save(&group).await;
         }
         Ok(group)
+    }
+
+    /// A group's saved position, or a new one at `start` (then `true`).
+    async fn position(
+        &self,
+        key: &GroupKey,
+        durable: bool,
+        start: Start,
+    ) -> Result<(GroupPosition, bool), EventsError> {
+        let (ns, t, g) = key.clone();
+        self.blocking(move |s| {
+            if durable && let Some(p) = s.group(&ns, &t, &g)? {
+                return Ok((p, false));
+            }
+            let first = match start {
+                Start::Head => s.head(&ns, &t)? + 1,
+                Start::Sequence(seq) => seq.max(1),
+                Start::Time(ts) => s.first_at(&ns, &t, ts)?,
+            };
+            Ok((GroupPosition { floor: first - 1, done: Vec::new() }, true))
+        })
+        .await
+    }
+
+    #[cfg(feature = "postgres")]
+    fn join_shared(self: &Arc<Self>, key: GroupKey, start: GroupPosition, owners: Arc<postgres::Owners>) -> Arc<Group> {
+        let group = {
+            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = groups.get(&key) {
+                g.lock().members += 1;
+                return g.clone();
+            }
+            let group = Arc::new(Group {
+                key: key.clone(),
+                durable: true,
+                ownership: watch::channel(Ownership::Standby).0,
+                state: Mutex::new(GroupState::default()),
+                changed: Notify::new(),
+            });
+            group.lock().members = 1;
+            groups.insert(key, group.clone());
+            group
+        };
+        self.tasks.spawn(serve_group(self.clone(), group.clone(), start, owners));
+        group
+    }
+
+    /// Shares the events with the other servers on the PostgreSQL database at `url`: their publishes wake the
+    /// consumers here, and a durable group is served by one server at a time (`owners` holds the groups this
+    /// server serves).
+    #[cfg(feature = "postgres")]
+    fn share(self: &Arc<Self>, owners: postgres::Owners, url: String) {
+        let _ = self.owners.set(Arc::new(owners));
+        let weak = Arc::downgrade(self);
+        let on: Arc<dyn Fn(Option<Vec<String>>) + Send + Sync> = Arc::new(move |batch| {
+            let Some(events) = weak.upgrade() else { return };
+            match batch {
+                Some(batch) => {
+                    for notice in batch.iter().filter_map(|p| postgres::parse_notice(p)) {
+                        let (ns, topic, head) = notice;
+                        events.raise_head((ns, topic), head);
+                    }
+                }
+                // Notices may have been missed: read the heads of the topics that have watchers.
+                None => {
+                    let keys: Vec<(String, String)> =
+                        events.heads.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+                    for (ns, topic) in keys {
+                        match events.store.head(&ns, &topic) {
+                            Ok(head) => {
+                                events.raise_head((ns, topic), head);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot read a topic's head"),
+                        }
+                    }
+                }
+            }
+        });
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            crate::server::state::pg::notifications(&url, postgres::CHANNEL, on, cancel).await;
+        });
+    }
+
+    /// Removes `group` from the groups of this server if no member is left; `true` if it did.
+    #[cfg(feature = "postgres")]
+    fn forget_if_empty(&self, group: &Arc<Group>) -> bool {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let empty = group.lock().members == 0;
+        if empty && groups.get(&group.key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+            groups.remove(&group.key);
+        }
+        empty
+    }
+
+    /// Saves a group's position now, bypassing the writer's queue.
+    #[cfg(feature = "postgres")]
+    async fn save_now(&self, group: &Arc<Group>) -> Result<(), EventsError> {
+        let position = {
+            let mut state = group.lock();
+            state.dirty = false;
+            state.position()
+        };
+        let key = group.key.clone();
+        self.blocking(move |s| s.commit(&[], &[(key, position)]).map(|_| ())).await
     }
 
     /// A member leaves a group: its unacknowledged events go back for redelivery, and a private group is
@@ -248,9 +410,10 @@ impl Events {
         self.save(group).await;
     }
 
-    /// Queues a durable group's position for saving, if it changed and no save is queued yet.
+    /// Queues a durable group's position for saving, if it changed and no save is queued yet (and this server
+    /// serves the group).
     pub async fn save(&self, group: &Arc<Group>) {
-        if !group.durable {
+        if !group.durable || *group.ownership.borrow() != Ownership::Owned {
             return;
         }
         {
@@ -265,13 +428,107 @@ impl Events {
         }
     }
 
+    /// Removes `group` from the groups of this server whatever its members (they end on their own).
+    #[cfg(feature = "postgres")]
+    fn forget_members(&self, group: &Arc<Group>) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups.get(&group.key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+            groups.remove(&group.key);
+        }
+    }
+
     /// A fresh member id.
     pub fn member_id(&self) -> u64 {
         self.next_member.fetch_add(1, Ordering::Relaxed)
     }
 
     fn durable_groups(&self) -> Vec<Arc<Group>> {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|g| g.durable).cloned().collect()
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.values().filter(|g| g.durable && *g.ownership.borrow() == Ownership::Owned).cloned().collect()
+    }
+}
+
+/// Serves a durable group of shared events on this server: waits on standby until this server takes the group
+/// (or its members here are gone), loads the position the previous server saved (or starts the group at `start`),
+/// serves until the members here are gone, then saves and lets the group go. If the session that holds the group
+/// drops, its members here end.
+#[cfg(feature = "postgres")]
+async fn serve_group(events: Arc<Events>, group: Arc<Group>, start: GroupPosition, owners: Arc<postgres::Owners>) {
+    let key = group.key.clone();
+    let release = |owners: Arc<postgres::Owners>, key: GroupKey| async move {
+        let released = tokio::task::spawn_blocking(move || owners.release(&key)).await;
+        if !matches!(released, Ok(Ok(()))) {
+            tracing::warn!("cannot let a consumer group go; it is freed when this server's session ends");
+        }
+    };
+    let session = loop {
+        if events.forget_if_empty(&group) {
+            return;
+        }
+        let (o, k) = (owners.clone(), key.clone());
+        match tokio::task::spawn_blocking(move || o.try_take(&k)).await {
+            Ok(Ok(Some(session))) => break session,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot take a consumer group; retrying"),
+            Err(e) => tracing::warn!(error = %e, "cannot take a consumer group; retrying"),
+        }
+        tokio::select! {
+            _ = events.cancel.cancelled() => return,
+            _ = tokio::time::sleep(OWNERSHIP_POLL) => {}
+        }
+    };
+    let (ns, t, g) = key.clone();
+    match events.blocking(move |s| s.group(&ns, &t, &g)).await.map(|saved| match saved {
+        Some(saved) => (saved, false),
+        None => (start, true),
+    }) {
+        Ok((position, fresh)) => {
+            {
+                let mut state = group.lock();
+                let members = state.members;
+                *state = GroupState::at(position);
+                state.members = members;
+                state.dirty = fresh;
+            }
+            group.ownership.send_replace(Ownership::Owned);
+            if fresh {
+                events.save(&group).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a consumer group's position");
+            group.ownership.send_replace(Ownership::Lost);
+            group.changed.notify_waiters();
+            events.forget_members(&group);
+            release(owners, key).await;
+            return;
+        }
+    }
+    group.changed.notify_waiters();
+    loop {
+        tokio::select! {
+            // At shutdown the writer saves the group, and the session ends with the server.
+            _ = events.cancel.cancelled() => return,
+            _ = tokio::time::sleep(OWNERSHIP_POLL) => {}
+        }
+        if !owners.holding(session) {
+            tracing::warn!(namespace = %key.0, topic = %key.1, group = %key.2, "lost a consumer group's lock; its consumers here end");
+            group.ownership.send_replace(Ownership::Lost);
+            group.changed.notify_waiters();
+            events.forget_members(&group);
+            return;
+        }
+        if group.lock().members == 0 {
+            // No member here changes the position any more: save it, then let the group go.
+            if let Err(e) = events.save_now(&group).await {
+                tracing::warn!(error = %e, "cannot save a consumer group's position");
+                continue;
+            }
+            if events.forget_if_empty(&group) {
+                release(owners, key).await;
+                return;
+            }
+        }
     }
 }
 

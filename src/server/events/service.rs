@@ -1,7 +1,7 @@
 //! The gRPC face of the events service: `events.Stream` (Publish, Consume) and `events.Store` (Read).
 
 use super::group::ClaimOptions;
-use super::{Events, EventsError, Group, Start};
+use super::{Events, EventsError, Group, Ownership, Start};
 use crate::proto::events::{
     ConsumeRequest, Event, PublishRequest, PublishResponse, ReadRequest, ReadResponse, Subscribe,
     consume_request::Request as ConsumeOp,
@@ -185,6 +185,11 @@ impl ConsumeOptions {
     }
 }
 
+/// The status of a consumer whose server lost its hold on the group to another server.
+fn lost() -> Status {
+    Status::unavailable("this server no longer serves the consumer group (another server took it over); consume again")
+}
+
 /// Applies one ack or nack from the consumer.
 async fn answer(events: &Events, group: &Arc<Group>, request: ConsumeRequest) {
     match request.request {
@@ -217,7 +222,35 @@ async fn consume(
     tx: mpsc::Sender<Result<Event, Status>>,
 ) {
     let (ns, topic, _) = group.key().clone();
+    // Shared events: another server may serve the group; wait on standby until this one takes it over.
+    let mut ownership = group.ownership.subscribe();
     loop {
+        let now = *ownership.borrow_and_update();
+        match now {
+            Ownership::Owned => break,
+            Ownership::Lost => {
+                let _ = tx.send(Err(lost())).await;
+                return;
+            }
+            Ownership::Standby => {}
+        }
+        tokio::select! {
+            _ = events.cancel.cancelled() => return,
+            _ = tx.closed() => return,
+            changed = ownership.changed() => if changed.is_err() { return },
+            msg = inbound.next() => match msg {
+                // Nothing was delivered yet, so there is nothing to ack.
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+        }
+    }
+    loop {
+        let now = *ownership.borrow_and_update();
+        if now == Ownership::Lost {
+            let _ = tx.send(Err(lost())).await;
+            return;
+        }
         // Register for wake-ups before looking, so none is missed in between.
         let changed = group.changed.notified();
         tokio::pin!(changed);
@@ -307,6 +340,7 @@ async fn consume(
             _ = events.cancel.cancelled() => return,
             _ = tx.closed() => return,
             _ = head.changed() => {}
+            _ = ownership.changed() => {}
             _ = &mut changed => {}
             _ = sleep => {}
             msg = inbound.next() => match msg {
