@@ -356,6 +356,36 @@ COMMIT;
             Ok(guard)
         }
 
+        /// Runs one query and returns its rows.
+        pub fn query(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+            self.query_in_session(sql, params).map(|(rows, _)| rows)
+        }
+
+        /// Runs one query and returns its rows and the session that ran it (see [`Conn::session`]).
+        pub fn query_in_session(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<(Vec<tokio_postgres::Row>, u64), StateError> {
+            let guard = self.lock()?;
+            let session = self.session();
+            let c = guard.as_ref().expect("lock connects");
+            Ok((self.runtime.block_on(c.query(sql, params)).map_err(pg_error)?, session))
+        }
+
+        /// Runs one query and returns its first row, if any.
+        pub fn query_opt(
+            &self,
+            sql: &str,
+            params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ) -> Result<Option<tokio_postgres::Row>, StateError> {
+            Ok(self.query(sql, params)?.into_iter().next())
+        }
+
         /// Which opening of the connection is the current one (see [`Conn::lock`]).
         pub fn session(&self) -> u64 {
             self.opened.load(std::sync::atomic::Ordering::Acquire)
@@ -382,30 +412,18 @@ COMMIT;
 
         pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
             check_key(key)?;
-            let guard = self.conn.lock()?;
-            let c = guard.as_ref().expect("lock connects");
             let row = self
                 .conn
-                .runtime
-                .block_on(
-                    c.query_opt("SELECT value FROM micro_state WHERE area = $1 AND key = $2", &[&self.area, &key]),
-                )
-                .map_err(pg_error)?;
+                .query_opt("SELECT value FROM micro_state WHERE area = $1 AND key = $2", &[&self.area, &key])?;
             Ok(row.map(|r| r.get(0)))
         }
 
         pub fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
             check_key(prefix)?;
-            let guard = self.conn.lock()?;
-            let c = guard.as_ref().expect("lock connects");
-            let rows = self
-                .conn
-                .runtime
-                .block_on(c.query(
-                    "SELECT key, value FROM micro_state WHERE area = $1 AND starts_with(key, $2) ORDER BY key",
-                    &[&self.area, &prefix],
-                ))
-                .map_err(pg_error)?;
+            let rows = self.conn.query(
+                "SELECT key, value FROM micro_state WHERE area = $1 AND starts_with(key, $2) ORDER BY key",
+                &[&self.area, &prefix],
+            )?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         }
 

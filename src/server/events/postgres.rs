@@ -48,6 +48,10 @@ fn failed(e: tokio_postgres::Error) -> StoreError {
     StoreError::new(pg_error(e).0)
 }
 
+fn state(e: crate::server::state::StateError) -> StoreError {
+    StoreError::new(e.0)
+}
+
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -72,7 +76,7 @@ pub struct PgEvents {
 impl PgEvents {
     /// Connects and creates the schema when missing (from a blocking thread inside the runtime).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let conn = Conn::open(url, "events").map_err(|e| StoreError::new(e.0))?;
+        let conn = Conn::open(url, "events").map_err(state)?;
         {
             let guard = conn.lock().map_err(|e| StoreError::new(e.0))?;
             let c = guard.as_ref().expect("lock connects");
@@ -82,7 +86,7 @@ impl PgEvents {
     }
 
     fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, StoreError> {
-        self.conn.lock().map_err(|e| StoreError::new(e.0))
+        self.conn.lock().map_err(state)
     }
 
     /// See [`super::store::Store::commit`].
@@ -158,15 +162,10 @@ impl PgEvents {
 
     /// See [`super::store::Store::head`].
     pub fn head(&self, namespace: &str, topic: &str) -> Result<u64, StoreError> {
-        let guard = self.client()?;
-        let c = guard.as_ref().expect("lock connects");
         let row = self
             .conn
-            .runtime
-            .block_on(
-                c.query_opt("SELECT head FROM micro_event_heads WHERE ns = $1 AND topic = $2", &[&namespace, &topic]),
-            )
-            .map_err(failed)?;
+            .query_opt("SELECT head FROM micro_event_heads WHERE ns = $1 AND topic = $2", &[&namespace, &topic])
+            .map_err(state)?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
 
@@ -195,32 +194,26 @@ impl PgEvents {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let guard = self.client()?;
-        let c = guard.as_ref().expect("lock connects");
         let rows = self
             .conn
-            .runtime
-            .block_on(c.query(
+            .query(
                 "SELECT seq, event FROM micro_events WHERE ns = $1 AND topic = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
                 &[&namespace, &topic, &big(from.max(1)), &big(limit as u64)],
-            ))
-            .map_err(failed)?;
+            )
+            .map_err(state)?;
         Self::events(rows, max_bytes)
     }
 
     /// See [`super::store::Store::get`].
     pub fn get(&self, namespace: &str, topic: &str, sequences: &[u64]) -> Result<Vec<Event>, StoreError> {
         let seqs: Vec<i64> = sequences.iter().map(|&s| big(s)).collect();
-        let guard = self.client()?;
-        let c = guard.as_ref().expect("lock connects");
         let rows = self
             .conn
-            .runtime
-            .block_on(c.query(
+            .query(
                 "SELECT seq, event FROM micro_events WHERE ns = $1 AND topic = $2 AND seq = ANY($3) ORDER BY seq",
                 &[&namespace, &topic, &seqs],
-            ))
-            .map_err(failed)?;
+            )
+            .map_err(state)?;
         // In the order asked, as the embedded store answers.
         let mut found = Self::events(rows, usize::MAX)?;
         found.sort_by_key(|e| sequences.iter().position(|&s| s == e.sequence));
@@ -229,18 +222,14 @@ impl PgEvents {
 
     /// See [`super::store::Store::first_at`].
     pub fn first_at(&self, namespace: &str, topic: &str, timestamp: i64) -> Result<u64, StoreError> {
-        let found = {
-            let guard = self.client()?;
-            let c = guard.as_ref().expect("lock connects");
-            self.conn
-                .runtime
-                .block_on(c.query_one(
-                    "SELECT min(seq) FROM micro_events WHERE ns = $1 AND topic = $2 AND ts >= $3",
-                    &[&namespace, &topic, &timestamp],
-                ))
-                .map_err(failed)?
-                .get::<_, Option<i64>>(0)
-        };
+        let found = self
+            .conn
+            .query_opt(
+                "SELECT min(seq) FROM micro_events WHERE ns = $1 AND topic = $2 AND ts >= $3",
+                &[&namespace, &topic, &timestamp],
+            )
+            .map_err(state)?
+            .and_then(|r| r.get::<_, Option<i64>>(0));
         match found {
             Some(seq) => Ok(seq.max(1) as u64),
             None => Ok(self.head(namespace, topic)? + 1),
@@ -249,16 +238,13 @@ impl PgEvents {
 
     /// See [`super::store::Store::group`].
     pub fn group(&self, namespace: &str, topic: &str, group: &str) -> Result<Option<GroupPosition>, StoreError> {
-        let guard = self.client()?;
-        let c = guard.as_ref().expect("lock connects");
         let row = self
             .conn
-            .runtime
-            .block_on(c.query_opt(
+            .query_opt(
                 "SELECT position FROM micro_event_groups WHERE ns = $1 AND topic = $2 AND grp = $3",
                 &[&namespace, &topic, &group],
-            ))
-            .map_err(failed)?;
+            )
+            .map_err(state)?;
         match row {
             Some(r) => {
                 let bytes: Vec<u8> = r.get(0);
@@ -277,7 +263,7 @@ pub struct Owners {
 impl Owners {
     /// Connects (from a blocking thread inside the runtime).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        Ok(Self { conn: Conn::open(url, "event groups").map_err(|e| StoreError::new(e.0))? })
+        Ok(Self { conn: Conn::open(url, "event groups").map_err(state)? })
     }
 
     fn lock_key(key: &GroupKey) -> String {
@@ -287,17 +273,11 @@ impl Owners {
     /// Tries to take the group for this server: the session that holds it when it is ours (the locks count, so a
     /// group may be taken again by the same session).
     pub fn try_take(&self, key: &GroupKey) -> Result<Option<u64>, StoreError> {
-        let guard = self.conn.lock().map_err(|e| StoreError::new(e.0))?;
-        let session = self.conn.session();
-        let c = guard.as_ref().expect("lock connects");
-        let row = self
+        let (rows, session) = self
             .conn
-            .runtime
-            .block_on(
-                c.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&GROUP_LOCK, &Self::lock_key(key)]),
-            )
-            .map_err(failed)?;
-        Ok(row.get::<_, bool>(0).then_some(session))
+            .query_in_session("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&GROUP_LOCK, &Self::lock_key(key)])
+            .map_err(state)?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)).then_some(session))
     }
 
     /// Whether the group taken in `session` is still held: when the session drops, PostgreSQL lets every group go.
@@ -307,12 +287,9 @@ impl Owners {
 
     /// Lets the group go.
     pub fn release(&self, key: &GroupKey) -> Result<(), StoreError> {
-        let guard = self.conn.lock().map_err(|e| StoreError::new(e.0))?;
-        let c = guard.as_ref().expect("lock connects");
         self.conn
-            .runtime
-            .block_on(c.query_one("SELECT pg_advisory_unlock($1, hashtext($2))", &[&GROUP_LOCK, &Self::lock_key(key)]))
-            .map_err(failed)?;
+            .query("SELECT pg_advisory_unlock($1, hashtext($2))", &[&GROUP_LOCK, &Self::lock_key(key)])
+            .map_err(state)?;
         Ok(())
     }
 }
