@@ -1,10 +1,9 @@
 //! `micro health NAME`: checks each node of a service with the standard gRPC health protocol, through the proxy.
 
 use super::output::Printer;
+use crate::client::connection::node_failure;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::server::proxy::{NODE_HEADER, SERVICE_HEADER};
 use crate::settings::{Output, Settings};
-use std::time::Duration;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Arguments of `micro health`.
@@ -26,19 +25,11 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     for service in &services {
         for node in &service.nodes {
             total += 1;
-            let mut req = conn.request(HealthCheckRequest { service: String::new() });
-            req.set_timeout(Duration::from_secs(5));
-            for (k, v) in [(SERVICE_HEADER, &service.name), (NODE_HEADER, &node.id)] {
-                if let Ok(v) = v.parse() {
-                    req.metadata_mut().insert(k, v);
-                }
-            }
+            let req = conn.node_request(HealthCheckRequest { service: String::new() }, &service.name, &node.id);
             let status = match HealthClient::new(conn.channel()).check(req).await {
                 Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => "ok".to_string(),
                 Ok(r) => format!("{:?}", r.get_ref().status()),
-                Err(s) if s.code() == tonic::Code::Unavailable && !s.message().starts_with("service \"") => {
-                    return Err(from_status(&s, &ctx).into());
-                }
+                Err(s) if !node_failure(&s) => return Err(from_status(&s, &ctx).into()),
                 Err(s) => s.message().to_string(),
             };
             if status != "ok" {

@@ -3,10 +3,10 @@
 //! services (which `micro server` answers for itself) and `--all custom` every other service.
 
 use super::output::Printer;
+use crate::client::connection::node_failure;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
 use crate::proto::debug::{StatsRequest, debug_client::DebugClient};
 use crate::server::CORE_NAMES;
-use crate::server::proxy::{NODE_HEADER, SERVICE_HEADER};
 use crate::settings::{Output, Settings};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,13 +62,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         let services = conn.get_service(name).await.map_err(|s| from_status(&s, &ctx))?;
         for service in &services {
             for node in &service.nodes {
-                let mut req = conn.request(StatsRequest { service: name.clone() });
-                req.set_timeout(Duration::from_secs(5));
-                for (k, v) in [(SERVICE_HEADER, name), (NODE_HEADER, &node.id)] {
-                    if let Ok(v) = v.parse() {
-                        req.metadata_mut().insert(k, v);
-                    }
-                }
+                let req = conn.node_request(StatsRequest { service: name.clone() }, name, &node.id);
                 match DebugClient::new(conn.channel()).stats(req).await {
                     Ok(rsp) => {
                         let s = rsp.into_inner();
@@ -89,13 +83,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                             "gc": s.gc, "requests": s.requests, "errors": s.errors,
                         }));
                     }
-                    // Not this node's failure: the server is unreachable, or the caller may not ask.
-                    Err(e)
-                        if matches!(e.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
-                            || (e.code() == tonic::Code::Unavailable && !e.message().starts_with("service \"")) =>
-                    {
-                        return Err(from_status(&e, &ctx).into());
-                    }
+                    Err(e) if !node_failure(&e) => return Err(from_status(&e, &ctx).into()),
                     Err(e) => failures.push(format!("{name} node {}: {}", node.id, e.message())),
                 }
             }

@@ -32,6 +32,20 @@ pub struct Connection {
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// How long a node-pinned request ([`Connection::node_request`]) may take.
+pub const NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a failed node-pinned request is that node's own failure (reported per node), rather than the proxy
+/// being unreachable or the caller not being allowed, which end the whole command.
+pub fn node_failure(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => false,
+        // The proxy answers UNAVAILABLE for a node it cannot reach, naming the service.
+        tonic::Code::Unavailable => status.message().starts_with("service \""),
+        _ => true,
+    }
+}
+
 impl Connection {
     /// A connection to `address` (`host:port`, or an `http://`/`https://` URL). Nothing is dialled until the first
     /// call; a host with port 443 or an `https://` URL uses TLS.
@@ -89,6 +103,19 @@ impl Connection {
         }
         if let Some(token) = &self.token {
             req.metadata_mut().insert(AUTHORIZATION, token.clone());
+        }
+        req
+    }
+
+    /// A request pinned to one node of a service (the proxy's `micro-service` and `micro-node` headers), with a
+    /// deadline of [`NODE_TIMEOUT`]: what `micro health` and `micro stats` send to each node in turn.
+    pub fn node_request<T>(&self, message: T, service: &str, node: &str) -> tonic::Request<T> {
+        let mut req = self.request(message);
+        req.set_timeout(NODE_TIMEOUT);
+        for (k, v) in [(crate::server::proxy::SERVICE_HEADER, service), (crate::server::proxy::NODE_HEADER, node)] {
+            if let Ok(v) = v.parse() {
+                req.metadata_mut().insert(k, v);
+            }
         }
         req
     }

@@ -1,4 +1,5 @@
-//! `micro stats`: each node's process statistics, from the service library and from `micro server` itself.
+//! Per-node calls: `micro stats` (each node's process statistics, from the service library and from `micro server`
+//! itself) and `micro health` (each node's gRPC health).
 
 use crate::support::Platform;
 
@@ -31,4 +32,19 @@ fn stats_of_a_service_and_of_the_core() {
     assert!(p.micro(["stats"]).code(1).stderr.contains("required"));
     let anonymous = crate::support::Cli::new(&p.addr, &crate::support::Dirs::new(), ["stats", "helloworld"]).run();
     assert_eq!(anonymous.code, 2, "{}", anonymous.snapshot());
+}
+
+#[test]
+fn health_checks_each_node() {
+    let p = Platform::with(&["helloworld"]);
+    let run = p.micro(["health", "helloworld"]).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "service  helloworld", "{}", run.snapshot());
+    assert!(lines.iter().any(|l| l.starts_with("latest") && l.ends_with(" ok")), "{}", run.snapshot());
+    let json = p.micro(["health", "helloworld", "-o", "json"]).ok().json();
+    assert_eq!(json[0]["status"], "ok");
+    // Health checks are public; an unknown service is not found.
+    let anonymous = crate::support::Cli::new(&p.addr, &crate::support::Dirs::new(), ["health", "helloworld"]).run();
+    assert_eq!(anonymous.code, 0, "{}", anonymous.snapshot());
+    assert_eq!(p.micro(["health", "nope"]).code(4).stderr, "Service \"nope\" not found\n");
 }
