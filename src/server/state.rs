@@ -215,21 +215,24 @@ impl Table {
 }
 
 /// Checks that this server's key file `file` (by its `fingerprint`) is the one of the other servers that share
-/// the state: the first server records its fingerprint, and a server with another key is refused, since tokens it
-/// signed or secrets it sealed would not open elsewhere. Nothing to check for state in the data dir.
-pub fn check_key(location: &Location, data_dir: &Path, file: &str, fingerprint: &str) -> Result<(), StateError> {
-    if !location.is_shared() {
-        return Ok(());
+/// `table`'s state: the first server records its fingerprint (in the area `keys`, over `table`'s connection), and a
+/// server with another key is refused, since tokens it signed or secrets it sealed would not open elsewhere.
+/// Nothing to check for a table in the data dir.
+pub fn check_key(table: &Table, data_dir: &Path, file: &str, fingerprint: &str) -> Result<(), StateError> {
+    #[cfg(feature = "postgres")]
+    if let Inner::Postgres(t) = &*table.inner {
+        let keys = Table { inner: Arc::new(Inner::Postgres(Box::new(t.in_area("keys")))), announce: false };
+        let recorded = keys.get_or_insert(file, fingerprint.as_bytes())?;
+        if recorded != fingerprint.as_bytes() {
+            return Err(StateError(format!(
+                "{} is not the key of the other servers that share this database; copy {file} from one of them \
+                 into this server's data dir (or start this server with a database of its own)",
+                data_dir.join(file).display()
+            )));
+        }
     }
-    let keys = Table::open(location, data_dir, "", "keys")?.quiet();
-    let recorded = keys.get_or_insert(file, fingerprint.as_bytes())?;
-    if recorded != fingerprint.as_bytes() {
-        return Err(StateError(format!(
-            "{} is not the key of the other servers that share this database; copy {file} from one of them into \
-             this server's data dir (or start this server with a database of its own)",
-            data_dir.join(file).display()
-        )));
-    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = (table, data_dir, file, fingerprint);
     Ok(())
 }
 
@@ -278,16 +281,31 @@ COMMIT;
     /// The channel that announces changes; the payload is the area.
     const CHANNEL: &str = "micro_state";
 
-    /// A PostgreSQL error as a [`StateError`], with the server's message where there is one.
+    /// A PostgreSQL error's message, the server's own where there is one: what every PostgreSQL backend reports.
+    pub fn pg_message(e: &tokio_postgres::Error) -> String {
+        format!("PostgreSQL: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string()))
+    }
+
+    /// A PostgreSQL error as a [`StateError`].
     pub fn pg_error(e: tokio_postgres::Error) -> StateError {
-        StateError(format!("PostgreSQL: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string())))
+        StateError(pg_message(&e))
+    }
+
+    /// A time or count as a PostgreSQL `bigint` (saturating).
+    pub fn big(n: u64) -> i64 {
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
+    /// Refuses text that PostgreSQL cannot store (a NUL character), naming `what` it is.
+    pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+        if text.contains('\0') {
+            return Err(format!("the {what} contains a NUL character, which PostgreSQL cannot store"));
+        }
+        Ok(())
     }
 
     fn check_key(key: &str) -> Result<(), StateError> {
-        if key.contains('\0') {
-            return Err(StateError("the key contains a NUL character, which PostgreSQL cannot store".into()));
-        }
-        Ok(())
+        check_text("key", key).map_err(StateError)
     }
 
     /// Opens a connection (its driver is the caller's to spawn).
@@ -394,20 +412,25 @@ COMMIT;
 
     /// One area of `micro_state`, over one connection.
     pub struct PgTable {
-        conn: Conn,
+        conn: Arc<Conn>,
         area: &'static str,
     }
 
     impl PgTable {
         /// Connects and creates the schema when missing (see [`Conn::open`] for where it may be called).
         pub fn open(url: &str, area: &'static str) -> Result<Self, StateError> {
-            let table = Self { conn: Conn::open(url, area)?, area };
+            let table = Self { conn: Arc::new(Conn::open(url, area)?), area };
             {
                 let mut guard = table.conn.lock()?;
                 let c = guard.as_mut().expect("lock connects");
                 table.conn.runtime.block_on(c.batch_execute(SCHEMA)).map_err(pg_error)?;
             }
             Ok(table)
+        }
+
+        /// Another area of the same table, over the same connection.
+        pub fn in_area(&self, area: &'static str) -> Self {
+            Self { conn: self.conn.clone(), area }
         }
 
         pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {

@@ -340,8 +340,8 @@ impl Auth {
     pub fn open(config: AuthConfig) -> Result<Self, AuthError> {
         let failed = |e: StateError| AuthError::Storage(format!("auth store: {e}"));
         let key = load_or_create_key(&config.data_dir.join(KEY_FILE)).map_err(AuthError::Storage)?;
-        state::check_key(&config.state, &config.data_dir, KEY_FILE, &crate::schema::hash(&key)).map_err(failed)?;
         let store = Table::open(&config.state, &config.data_dir, "auth.redb", "auth").map_err(failed)?;
+        state::check_key(&store, &config.data_dir, KEY_FILE, &crate::schema::hash(&key)).map_err(failed)?;
         let state = load_state(&store).map_err(failed)?;
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;

@@ -26,8 +26,8 @@ pub async fn start(
     let start_error = |message: String| ServerError::Start { service: "config", message };
     let store = tokio::task::spawn_blocking(move || {
         let cipher = secrets::Cipher::load_or_create(&dir.join(secrets::KEY_FILE)).map_err(|e| e.to_string())?;
-        state::check_key(&location, &dir, secrets::KEY_FILE, cipher.fingerprint()).map_err(|e| e.to_string())?;
         let table = state::Table::open(&location, &dir, FILE, "config").map_err(|e| e.to_string())?;
+        state::check_key(&table, &dir, secrets::KEY_FILE, cipher.fingerprint()).map_err(|e| e.to_string())?;
         Ok::<_, String>(service::ConfigStore::new(table, cipher))
     })
     .await

@@ -17,7 +17,7 @@
 
 use super::store::{Append, GroupKey, GroupPosition, StoreError};
 use crate::proto::events::Event;
-use crate::server::state::pg::{Conn, pg_error};
+use crate::server::state::pg::{Conn, big, check_text, pg_message};
 use prost::Message as _;
 use std::collections::BTreeMap;
 
@@ -45,22 +45,15 @@ pub const CHANNEL: &str = "micro_events";
 const GROUP_LOCK: i32 = 728304197;
 
 fn failed(e: tokio_postgres::Error) -> StoreError {
-    StoreError::new(pg_error(e).0)
+    StoreError::new(pg_message(&e))
 }
 
 fn state(e: crate::server::state::StateError) -> StoreError {
     StoreError::new(e.0)
 }
 
-fn big(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 fn check(what: &str, text: &str) -> Result<(), StoreError> {
-    if text.contains('\0') {
-        return Err(StoreError::new(format!("the {what} contains a NUL character, which PostgreSQL cannot store")));
-    }
-    Ok(())
+    check_text(what, text).map_err(StoreError::new)
 }
 
 /// Parses a notification's payload.

@@ -24,6 +24,7 @@
 
 use super::backend::{Location, MAX_READ_BYTES, Order, Query, Record, Store, StoreError, now_ms};
 use crate::proto::store::Field;
+use crate::server::state::pg::{big, pg_message};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,15 +94,12 @@ pub fn redact(url: &str) -> String {
 }
 
 fn storage(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Storage(format!("PostgreSQL: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string())))
+    StoreError::Storage(pg_message(&e))
 }
 
 /// Refuses text that PostgreSQL cannot store.
 fn check_text(what: &str, text: &str) -> Result<(), StoreError> {
-    if text.contains('\0') {
-        return Err(StoreError::Invalid(format!("the {what} contains a NUL character, which PostgreSQL cannot store")));
-    }
-    Ok(())
+    crate::server::state::pg::check_text(what, text).map_err(StoreError::Invalid)
 }
 
 fn check_location(location: &Location) -> Result<(), StoreError> {
@@ -131,11 +129,6 @@ fn record(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         metadata: metadata.fields,
         expires_at: row.get::<_, Option<i64>>(3).map(|at| at.max(0) as u64),
     })
-}
-
-/// A time or count as a PostgreSQL `bigint`.
-fn big(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
