@@ -157,6 +157,26 @@ fn core_schemas() -> Vec<Schema> {
     .collect()
 }
 
+/// Reads an engine setting (`--store`, `--broker`, `--registry`): `None` for the embedded default (empty, or its
+/// name `embedded`), the URL when it starts with one of `schemes`; otherwise an error that names `what` was set and
+/// offers `choices`.
+pub(crate) fn engine_url(
+    what: &str,
+    text: &str,
+    embedded: &str,
+    schemes: &[&str],
+    choices: &str,
+) -> Result<Option<String>, String> {
+    let text = text.trim();
+    if text.is_empty() || text == embedded {
+        return Ok(None);
+    }
+    if schemes.iter().any(|s| text.starts_with(s)) {
+        return Ok(Some(text.to_string()));
+    }
+    Err(format!("unknown {what} {text:?}: use {embedded} (the default) or {choices}"))
+}
+
 /// Runs the server on `listener` (the gRPC proxy address) until `shutdown` resolves, without the HTTP API gateway.
 pub async fn serve(
     listener: TcpListener,
@@ -387,4 +407,21 @@ pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_read_the_default_a_url_or_refuse() {
+        let read = |text| engine_url("store", text, "redb", &["postgres://", "postgresql://"], "a postgres:// URL");
+        assert_eq!(read(""), Ok(None));
+        assert_eq!(read(" redb "), Ok(None));
+        assert_eq!(read("postgresql://h/db"), Ok(Some("postgresql://h/db".into())));
+        assert_eq!(
+            read("mysql://h"),
+            Err("unknown store \"mysql://h\": use redb (the default) or a postgres:// URL".into())
+        );
+    }
 }

@@ -48,14 +48,8 @@ pub enum BrokerBackend {
 impl BrokerBackend {
     /// Parses `memory` (or empty) or a `nats://` URL.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() || text == "memory" {
-            return Ok(BrokerBackend::Memory);
-        }
-        if text.starts_with("nats://") {
-            return Ok(BrokerBackend::Nats(text.to_string()));
-        }
-        Err(format!("unknown broker {text:?}: use memory (the default) or a nats://host:port URL"))
+        let url = super::engine_url("broker", text, "memory", &["nats://"], "a nats://host:port URL")?;
+        Ok(url.map_or(BrokerBackend::Memory, BrokerBackend::Nats))
     }
 }
 

@@ -83,14 +83,8 @@ pub enum Sharing {
 impl Sharing {
     /// Parses `memory` (or empty) or an `etcd://host:port` URL.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() || text == "memory" {
-            return Ok(Sharing::Memory);
-        }
-        if text.starts_with("etcd://") {
-            return Ok(Sharing::Etcd(text.to_string()));
-        }
-        Err(format!("unknown registry {text:?}: use memory (the default) or an etcd://host:port URL"))
+        let url = super::engine_url("registry", text, "memory", &["etcd://"], "an etcd://host:port URL")?;
+        Ok(url.map_or(Sharing::Memory, Sharing::Etcd))
     }
 }
 

@@ -34,14 +34,14 @@ pub enum StoreBackend {
 impl StoreBackend {
     /// Parses `redb` (or empty) or a `postgres://`/`postgresql://` URL.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() || text == "redb" {
-            return Ok(StoreBackend::Redb);
-        }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(StoreBackend::Postgres(text.to_string()));
-        }
-        Err(format!("unknown store {text:?}: use redb (the default) or a postgres://user:password@host/db URL"))
+        let url = super::engine_url(
+            "store",
+            text,
+            "redb",
+            &["postgres://", "postgresql://"],
+            "a postgres://user:password@host/db URL",
+        )?;
+        Ok(url.map_or(StoreBackend::Redb, StoreBackend::Postgres))
     }
 }
 
