@@ -31,7 +31,8 @@ pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
 pub const MICRO_PROXY_ADDRESS: &str = "MICRO_PROXY_ADDRESS";
 /// `micro server`: the HTTP API gateway's listen address (default `127.0.0.1:8080`).
 pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
-/// `micro server`: origins the API gateway allows for CORS, comma-separated (default: any origin).
+/// `micro server`: web origins whose pages may call the API gateway with credentials (CORS with credentials, and
+/// the `micro-token` cookie), comma-separated; `*` lets any origin read answers without credentials (default: none).
 pub const MICRO_API_CORS_ORIGINS: &str = "MICRO_API_CORS_ORIGINS";
 /// `micro server`: where the server keeps its data (default: the platform's data dir for micro).
 pub const MICRO_DATA_DIR: &str = "MICRO_DATA_DIR";
@@ -73,6 +74,14 @@ pub const MICRO_RUNTIME_CARGO_PROFILE: &str = "MICRO_RUNTIME_CARGO_PROFILE";
 pub const MICRO_RUNTIME_TARGET_DIR: &str = "MICRO_RUNTIME_TARGET_DIR";
 /// `micro server`: how long a stopped service gets between SIGTERM and SIGKILL, as a duration (default `5s`).
 pub const MICRO_RUNTIME_KILL_GRACE: &str = "MICRO_RUNTIME_KILL_GRACE";
+/// `micro server`: whether the runtime puts each service process in a cgroup v2 of its own: `auto` (the default: when
+/// the server can create cgroups under its own) or `off` (the fallback only: process groups, environment markers and
+/// the subreaper). See `server/runtime/contain.rs`.
+pub const MICRO_RUNTIME_CGROUPS: &str = "MICRO_RUNTIME_CGROUPS";
+/// Services: a marker the runtime gives every process it starts (`<data dir key>-<server run>-<n>`), inherited by
+/// their children, so that the runtime finds and stops them all, also after a crash of the server. Set by the
+/// runtime; the server removes it from the environment of what it starts.
+pub const MICRO_RUNTIME_INSTANCE: &str = "MICRO_RUNTIME_INSTANCE";
 /// `micro new`: the directory of micro's source (a checkout of micro) that new services depend on, when
 /// `--micro-path` is not given. Default: the source tree the `micro` binary was built from, if it is still there.
 pub const MICRO_SOURCE: &str = "MICRO_SOURCE";
@@ -92,3 +101,15 @@ pub fn duration(name: &str, default: std::time::Duration) -> Result<std::time::D
             .map_err(|e| format!("{name}={v:?} is not a duration ({e}); use a value like 5s or 250ms")),
     }
 }
+
+/// `micro server` and services: how long a new connection to the gRPC proxy, the API gateway or a service may take
+/// to send its first byte, and on the gateway how long a request's head may take once it has begun, as a duration
+/// (default `10s`). See `server/conn.rs`.
+pub const MICRO_HANDSHAKE_TIMEOUT: &str = "MICRO_HANDSHAKE_TIMEOUT";
+/// `micro server` and services: how long a connection may stay idle before it is closed, as a duration (default
+/// `60s`): on gRPC listeners, reading nothing (live peers answer the server's HTTP/2 pings, sent every third of it,
+/// 20 s at most); on the API gateway, with no request in flight. Also how long a write may make no progress.
+pub const MICRO_IDLE_TIMEOUT: &str = "MICRO_IDLE_TIMEOUT";
+/// `micro server` and services: the most connections each listener serves at once (default 4096); connections
+/// beyond it are closed as they arrive.
+pub const MICRO_MAX_CONNECTIONS: &str = "MICRO_MAX_CONNECTIONS";

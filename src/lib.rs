@@ -20,8 +20,11 @@
 
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod env;
 pub mod exit;
+pub mod local_credential;
+pub mod namespace;
 pub mod proto;
 pub mod schema;
 pub mod server;

@@ -304,11 +304,15 @@ fn parse_int<T: std::str::FromStr + TryFrom<i128>>(raw: &str) -> Option<T> {
         None => (false, s),
     };
     let value = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        // `from_str_radix` takes a sign of its own: `0x-5` is no number.
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         i128::from_str_radix(hex, 16).ok()?
     } else {
         return s.parse().ok();
     };
-    T::try_from(if neg { -value } else { value }).ok()
+    T::try_from(if neg { value.checked_neg()? } else { value }).ok()
 }
 
 fn parse_duration(raw: &str) -> Option<String> {
@@ -671,8 +675,23 @@ fn stdin_messages(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_integers_take_one_sign_and_never_overflow() {
+        // Found by the property suite (docs/fuzzing.md, finding 1): a sign after `0x`, and a negation overflow.
+        for raw in ["0x-5", "-0x-5", "0x+5", "-0x-80000000000000000000000000000000", "0x", "-0x"] {
+            assert_eq!(parse_int::<i64>(raw), None, "{raw}");
+        }
+        assert_eq!(parse_int::<i64>("-0x10"), Some(-16));
+        assert_eq!(parse_int::<i64>("0x7fffffffffffffff"), Some(i64::MAX));
+        assert_eq!(parse_int::<i64>("-0x8000000000000000"), Some(i64::MIN));
+        assert_eq!(parse_int::<u32>("-0x1"), None);
+    }
 
     #[test]
     fn words() {

@@ -127,6 +127,14 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         return Err(CliError::input("The password is empty").into());
     }
 
+    log_in(settings, username, password).await?;
+    Printer::new(settings.output, Output::Table).line("Successfully logged in.")?;
+    Ok(())
+}
+
+/// Logs in to the current env and namespace as `username` and saves the token: a failed login leaves the saved
+/// token alone.
+pub(crate) async fn log_in(settings: &Settings, username: String, password: String) -> anyhow::Result<()> {
     let conn = settings.connect()?;
     let options = || Some(Options { namespace: settings.namespace.clone() });
     let req =
@@ -148,7 +156,6 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         Ok(resp) => resp.into_inner().account.map(|a| a.id).filter(|id| !id.is_empty()).unwrap_or(username),
         Err(_) => username,
     };
-    // A failed login leaves the saved token alone; a successful one replaces it.
     settings
         .tokens()
         .put(
@@ -163,7 +170,6 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
             },
         )
         .map_err(store_error)?;
-    Printer::new(settings.output, Output::Table).line("Successfully logged in.")?;
     Ok(())
 }
 

@@ -24,7 +24,9 @@ pub struct Args {
     /// Password of the default `admin` account, used when it is first created [default: micro].
     #[arg(long, env = env::MICRO_AUTH_ADMIN_PASSWORD, value_name = "PASSWORD", hide_env_values = true)]
     pub auth_admin_password: Option<String>,
-    /// Origins the API gateway allows for CORS (comma list); any origin when empty.
+    /// Web origins whose pages may call the API gateway with the browser's credentials (comma list, e.g.
+    /// `https://app.example.com`): they get CORS headers with credentials, and their `micro-token` cookie is accepted.
+    /// `*` lets any origin read answers, without credentials. Empty (the default): no cross-origin access.
     #[arg(long, env = env::MICRO_API_CORS_ORIGINS, value_delimiter = ',', value_name = "ORIGIN")]
     pub api_cors_origins: Vec<String>,
     /// Where the store keeps its records, and auth, config and events their state: `redb` (embedded, in the data

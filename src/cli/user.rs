@@ -12,6 +12,7 @@ use super::output::Printer;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
 use crate::proto::auth::{Account, ChangeSecretRequest, InspectRequest, Options};
 use crate::settings::{ConfigFile, Output, Settings};
+use anyhow::Context as _;
 use clap::Subcommand;
 
 /// Arguments of `micro user`.
@@ -235,12 +236,12 @@ fn config(settings: &Settings, printer: &Printer, command: Option<ConfigCommand>
 
 async fn set_password(settings: &Settings, args: PasswordArgs) -> anyhow::Result<()> {
     let tty = settings.stdin_tty;
-    let (id, namespace) = match args.email.filter(|e| !e.is_empty()) {
-        Some(id) => (id, settings.namespace.clone()),
+    let (id, namespace, own) = match args.email.filter(|e| !e.is_empty()) {
+        Some(id) => (id, settings.namespace.clone(), false),
         None => {
             let account = current_account(settings).await?;
             let ns = if account.issuer.is_empty() { settings.namespace.clone() } else { account.issuer };
-            (account.id, ns)
+            (account.id, ns, true)
         }
     };
     let missing = |what: &str, flag: &str| {
@@ -267,12 +268,16 @@ async fn set_password(settings: &Settings, args: PasswordArgs) -> anyhow::Result
     };
     let conn = settings.connect_authed().await?;
     let req = conn.request(ChangeSecretRequest {
-        id,
+        id: id.clone(),
         old_secret: old,
-        new_secret: new,
-        options: Some(Options { namespace }),
+        new_secret: new.clone(),
+        options: Some(Options { namespace: namespace.clone() }),
     });
     match conn.accounts().change_secret(req).await {
+        // The change ended every token of the account, this CLI's too: log in again with the new password.
+        Ok(_) if own && namespace == settings.namespace => {
+            super::login::log_in(settings, id, new).await.context("the password changed, but logging in again failed")
+        }
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::Unauthenticated && !conn.has_token() => Err(not_logged_in().into()),
         Err(s) => {

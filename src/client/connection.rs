@@ -141,8 +141,18 @@ impl Connection {
 
     /// Every service in the namespace.
     pub async fn list_services(&self) -> Result<Vec<Service>, tonic::Status> {
-        let req = self.request(ListRequest { options: self.options() });
-        Ok(self.registry().list_services(req).await?.into_inner().services)
+        // The registry answers in pages of at most 2 MiB; follow them to the end.
+        let mut services = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = self.request(ListRequest { options: self.options(), page_token });
+            let page = self.registry().list_services(req).await?.into_inner();
+            services.extend(page.services);
+            if page.next_page_token.is_empty() {
+                return Ok(services);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Every version of one service; NOT_FOUND when there is none.

@@ -158,7 +158,7 @@ impl TokenStore {
 
 /// Writes `bytes` to `path` through a new temporary file of mode 0600 in the same directory, then renames it over
 /// `path`: readers see the old file or the new one, never a partial one.
-fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tokens");
     let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), uuid::Uuid::new_v4().simple()));

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod conn;
 pub mod events;
 pub mod gateway;
 pub mod proxy;
@@ -40,7 +41,8 @@ pub struct ServerConfig {
     pub prune_interval: Duration,
     /// The default admin's password when the admin is first created (default `micro`).
     pub admin_password: Option<String>,
-    /// Origins the API gateway allows for CORS; empty allows any origin.
+    /// Origins the API gateway allows for CORS, with credentials (`*`: any origin, without them); empty (the
+    /// default) allows no cross-origin access.
     pub cors_origins: Vec<String>,
     /// Where the store keeps its records.
     pub store: store::StoreBackend,
@@ -99,7 +101,7 @@ pub struct CoreContext {
 }
 
 /// The gRPC services the server answers in-process.
-const CORE_GRPC: &[&str] = &[
+pub(crate) const CORE_GRPC: &[&str] = &[
     "registry.Registry",
     "auth.Auth",
     "auth.Accounts",
@@ -197,6 +199,8 @@ pub async fn serve_all(
     create_private_dir(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let address = listener.local_addr()?;
+    let local_secret = crate::local_credential::create(&config.data_dir, address)
+        .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let registry = Arc::new(MemoryRegistry::new());
     let core = core_schemas();
 
@@ -213,6 +217,7 @@ pub async fn serve_all(
             nodes: vec![Node {
                 id: format!("{name}-{}", uuid::Uuid::new_v4()),
                 address: address.to_string(),
+                metadata: [(registry::OWNER_KEY.to_string(), registry::SERVER_OWNER.to_string())].into(),
                 ..Default::default()
             }],
             options: Some(Options { ttl: 0, domain: crate::DEFAULT_NAMESPACE.into() }),
@@ -276,7 +281,8 @@ pub async fn serve_all(
         CORE_NAMES.iter().map(|s| s.to_string()),
         CORE_GRPC.iter().map(|s| s.to_string()),
     )
-    .with_auth(auth);
+    .with_auth(auth)
+    .with_local_secret(local_secret);
 
     {
         let registry = registry.clone();
@@ -366,7 +372,7 @@ pub async fn serve_all(
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `routes` on `incoming` until `shutdown`; then runs `on_shutdown`, lets connections drain for at most
-/// [`DRAIN_TIMEOUT`], and returns.
+/// [`DRAIN_TIMEOUT`], and returns. Connections are limited and time out as [`conn`] describes.
 pub async fn serve_grpc(
     routes: tonic::service::Routes,
     incoming: tokio_stream::wrappers::TcpListenerStream,
@@ -374,11 +380,16 @@ pub async fn serve_grpc(
     on_shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    // `Server::tcp_nodelay` does not apply to a listener we pass in: set it on every accepted connection, or
-    // Nagle's algorithm holds back small writes (trailers) for a delayed ACK, about 40 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(incoming.into_inner()).with_nodelay(Some(true));
-    let server =
-        tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, async move {
+    // The connection limit and the handshake and idle timeouts (`conn`); the listener also sets TCP_NODELAY on
+    // every connection (`Server::tcp_nodelay` does not apply to a listener we pass in). Live peers answer the
+    // keepalive pings, so their connections, and long streams on them, never look idle.
+    let limits = conn::Limits::from_env();
+    let incoming = conn::Listener::new(incoming.into_inner(), limits, conn::Mode::Pinged).into_stream();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = begun_tx.send(());
             on_shutdown.await;

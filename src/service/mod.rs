@@ -314,11 +314,34 @@ mod registration {
             Some(c) => conn.clone().with_token(c.current().as_deref()),
             None => conn.clone(),
         };
+        // Without a service account, the server's local credential (read again each time: it changes with every
+        // start of the server) says that this process runs as the server's OS user.
+        let data_dir = env::var(env::MICRO_DATA_DIR).map(std::path::PathBuf::from);
+        let with_local = |mut req: tonic::Request<ServiceRecord>| {
+            let secret = match &credentials {
+                Some(_) => None,
+                None => crate::local_credential::find(conn.address(), data_dir.as_deref()),
+            };
+            if let Some(v) = secret.and_then(|s| s.parse().ok()) {
+                req.metadata_mut().insert(crate::local_credential::HEADER, v);
+            }
+            req
+        };
+        if credentials.is_none() && crate::local_credential::find(conn.address(), data_dir.as_deref()).is_none() {
+            tracing::warn!(
+                service = %full.name,
+                proxy = %conn.address(),
+                "no service account (MICRO_AUTH_ID, MICRO_AUTH_SECRET) and no local credential of a micro server \
+                 at this address (is it running as this user on this machine? set MICRO_DATA_DIR to its data dir \
+                 if it uses another one): registration will be refused"
+            );
+        }
         let mut registered = false;
         loop {
             let record = if registered { &light } else { &full };
             let conn = authed(&conn);
-            match conn.registry().register(conn.request(record.clone())).await {
+            let req = with_local(conn.request(record.clone()));
+            match conn.registry().register(req).await {
                 Ok(_) => {
                     if !registered {
                         tracing::info!(service = %full.name, "registered");
@@ -348,7 +371,8 @@ mod registration {
         gone.endpoints.clear();
         let conn = authed(&conn);
         let mut registry = conn.registry();
-        match tokio::time::timeout(Duration::from_secs(3), registry.deregister(conn.request(gone))).await {
+        let req = with_local(conn.request(gone));
+        match tokio::time::timeout(Duration::from_secs(3), registry.deregister(req)).await {
             Ok(Ok(_)) => tracing::info!(service = %full.name, "deregistered"),
             Ok(Err(status)) => tracing::warn!(service = %full.name, error = %status.message(), "deregistration failed"),
             Err(_) => tracing::warn!(service = %full.name, "deregistration timed out"),

@@ -607,10 +607,9 @@ fn failed_logins_are_rate_limited() {
         assert!(run.stderr.contains("Invalid credentials"), "{}", run.snapshot());
     }
     assert!(last.is_some(), "eight wrong passwords in a row were never refused as too many");
-    // Now even the right password is refused for a while, with exit 2…
-    let run = login(&p, &Dirs::new(), "carl", "c-pw", None).code(2);
-    assert!(run.stderr.contains("Too many"), "{}", run.snapshot());
-    // …but only for that account.
+    // The right password from the loopback interface is never held back (so nobody can lock the admin out of
+    // their own machine); other sources are (see `server::auth`'s unit tests), and other accounts are not.
+    logged_in(&p, &Dirs::new(), "carl", "c-pw", None);
     logged_in(&p, &Dirs::new(), "dora", "d-pw", None);
     logged_in(&p, &Dirs::new(), "admin", "micro", None);
 }

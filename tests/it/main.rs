@@ -26,6 +26,7 @@ mod proxy;
 mod reflection;
 mod registry;
 mod runtime;
+mod security;
 mod services;
 mod stats;
 mod store;

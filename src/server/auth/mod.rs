@@ -31,10 +31,17 @@ pub const DEFAULT_ADMIN_PASSWORD: &str = "micro";
 pub const ADMIN_SCOPE: &str = "admin";
 /// The scope of service accounts.
 pub const SERVICE_SCOPE: &str = "service";
-/// Failed logins allowed per account within [`FAILURE_WINDOW`] before logins are refused for a while.
-const MAX_FAILURES: u32 = 5;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-const LOCKOUT: Duration = Duration::from_secs(30);
+/// Failed logins of one account from one source that are answered at once; each further one doubles the wait
+/// before that source may try that account again, from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
+const FREE_FAILURES: u32 = 5;
+/// The first wait after [`FREE_FAILURES`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts of one source on one account.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Failures older than this are forgotten.
+const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
+/// The most (account, source) pairs whose failures are remembered; the oldest are forgotten first.
+const MAX_FAILURE_ENTRIES: usize = 65_536;
 /// Bound of the decision cache; it is cleared when full.
 const MAX_CACHED_DECISIONS: usize = 65_536;
 
@@ -103,6 +110,25 @@ impl Account {
     }
 }
 
+/// The address of a caller that reached the proxy through another listener of this server (the HTTP API
+/// gateway), put into request extensions, so that auth can tell sources apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Where a login comes from: failed logins are counted per account *and* source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The caller's address, when known.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl Source {
+    /// A login from the loopback interface: a correct secret from there is never held back.
+    fn loopback(&self) -> bool {
+        self.ip.is_some_and(|ip| ip.is_loopback())
+    }
+}
+
 /// Who is calling, as seen by core services (from request extensions).
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
@@ -110,8 +136,13 @@ pub struct Caller {
     pub account: Option<Account>,
     /// The namespace of the request.
     pub namespace: String,
-    /// Whether the request came from a loopback address (the local development loop).
+    /// Whether the request came from a loopback address.
     pub loopback: bool,
+    /// Whether the request carried the server's local credential (see [`crate::server::local`]): the caller runs
+    /// as the server's OS user on this machine, and may register services.
+    pub local: bool,
+    /// The caller's address, when the request arrived over TCP (failed logins are counted per source).
+    pub remote: Option<std::net::IpAddr>,
 }
 
 impl Caller {
@@ -148,9 +179,24 @@ struct StoredAccount {
     metadata: HashMap<String, String>,
     issuer: String,
     secret_hash: String,
+    /// A random number that every access token of the account carries; a new one is drawn when the secret
+    /// changes (and a recreated account has another), so tokens issued before stop verifying at once.
+    #[serde(default)]
+    generation: u64,
 }
 
 impl StoredAccount {
+    /// The account as the proxy and the core services see it.
+    fn account(&self) -> Account {
+        Account {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            scopes: self.scopes.clone(),
+            issuer: self.issuer.clone(),
+        }
+    }
+
     fn message(&self) -> AccountMsg {
         AccountMsg {
             id: self.id.clone(),
@@ -196,6 +242,16 @@ struct StoredRefresh {
     namespace: String,
     account: String,
     expires: u64,
+    /// The login session the refresh token continues (it keeps its id across refreshes).
+    #[serde(default)]
+    session: String,
+}
+
+/// A session ended by `Auth.Revoke` (logout): its access tokens stop verifying, on every server that shares the
+/// state. Kept until the last of its access tokens would have expired anyway.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredRevoked {
+    expires: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,6 +263,12 @@ struct Claims {
     iss: String,
     iat: u64,
     exp: u64,
+    /// The account's generation when the token was issued.
+    #[serde(default)]
+    generation: u64,
+    /// The login session.
+    #[serde(default)]
+    sid: String,
 }
 
 #[derive(Default)]
@@ -215,13 +277,19 @@ struct State {
     accounts: HashMap<(String, String), StoredAccount>,
     /// namespace → user rules
     rules: HashMap<String, Vec<StoredRule>>,
+    /// Revoked sessions → until when they are remembered (Unix seconds).
+    revoked: HashMap<String, u64>,
 }
 
+/// Failed logins of one account from one source.
 struct Failures {
     count: u32,
-    since: Instant,
+    last: Instant,
     blocked_until: Option<Instant>,
 }
+
+/// (namespace, account, source) of failed logins.
+type FailureKey = (String, String, Option<std::net::IpAddr>);
 
 type DecisionKey = (String, bool, Vec<String>, String, String);
 
@@ -237,10 +305,10 @@ pub struct Auth {
     validation: jsonwebtoken::Validation,
     config: AuthConfig,
     decisions: RwLock<HashMap<DecisionKey, Decision>>,
-    failures: Mutex<HashMap<(String, String), Failures>>,
+    failures: Mutex<HashMap<FailureKey, Failures>>,
     /// Verified tokens → (account, expiry, accounts generation), so that a token is checked once, not per request.
     verified: RwLock<HashMap<String, (Account, u64, u64)>>,
-    /// Bumped whenever an account is deleted, invalidating `verified`.
+    /// Bumped whenever an account or a session changes, invalidating `verified`.
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -298,6 +366,12 @@ fn load_state(store: &Table) -> Result<State, StateError> {
     for (key, r) in scan::<StoredRule>(store, "rule/")? {
         let namespace = key.split('/').nth(1).unwrap_or_default().to_string();
         state.rules.entry(namespace).or_default().push(r);
+    }
+    let now = now();
+    for (key, r) in scan::<StoredRevoked>(store, "revoked/")? {
+        if r.expires > now {
+            state.revoked.insert(key.trim_start_matches("revoked/").to_string(), r.expires);
+        }
     }
     Ok(state)
 }
@@ -390,6 +464,7 @@ impl Auth {
                     metadata: HashMap::from([("created".to_string(), now().to_string())]),
                     issuer: crate::DEFAULT_NAMESPACE.into(),
                     secret_hash: hash,
+                    generation: rand::rng().next_u64(),
                 };
                 self.put_account(account).map_err(|s| AuthError::Storage(s.message().to_string()))?;
             }
@@ -420,7 +495,28 @@ impl Auth {
         self.store.apply(&[(key, encode(&account)?)], &[]).map_err(storage)?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.accounts.insert((account.issuer.clone(), account.id.clone()), account);
+        drop(state);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Whether a service owned by `owner` (the registry's [`OWNER_KEY`](crate::server::registry::OWNER_KEY)) may
+    /// receive the bearer tokens of callers in `namespace`: the server's own registrations and the local
+    /// credential's (processes of the server's OS user, which can read its keys anyway), and accounts that still
+    /// administer the namespace or are the service account of service `name` in it.
+    pub fn trusts(&self, owner: &str, namespace: &str, name: &str) -> bool {
+        use crate::server::registry::{LOCAL_OWNER, SERVER_OWNER};
+        if owner.is_empty() || owner == LOCAL_OWNER || owner == SERVER_OWNER {
+            return true;
+        }
+        let Some((id, issuer)) = owner.rsplit_once('@') else { return false };
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let Some(stored) = state.accounts.get(&(issuer.to_string(), id.to_string())) else { return false };
+        let account = stored.account();
+        account.administers(namespace)
+            || (account.kind == "service"
+                && account.issuer == namespace
+                && account.scopes.iter().any(|s| s.strip_prefix("service:") == Some(name)))
     }
 
     fn find_account(&self, namespace: &str, id_or_name: &str) -> Option<StoredAccount> {
@@ -465,10 +561,19 @@ impl Auth {
         })?;
         let c = data.claims;
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        if !state.accounts.contains_key(&(c.iss.clone(), c.sub.clone())) {
+        let Some(stored) = state.accounts.get(&(c.iss.clone(), c.sub.clone())) else {
             return Err(Status::unauthenticated("invalid token: the account no longer exists"));
+        };
+        if stored.generation != c.generation {
+            return Err(Status::unauthenticated(
+                "invalid token: the account's secret changed or the account was recreated since it was issued; log in again",
+            ));
         }
-        Ok((Account { id: c.sub, name: c.name, kind: c.typ, scopes: c.scopes, issuer: c.iss }, c.exp))
+        if !c.sid.is_empty() && state.revoked.contains_key(&c.sid) {
+            return Err(Status::unauthenticated("invalid token: its session was logged out; log in again"));
+        }
+        // Who the account is now, not what the token says it was: scopes come from the stored account.
+        Ok((stored.account(), c.exp))
     }
 
     /// Decides whether `account` may call `endpoint` of service `name` in `namespace`: UNAUTHENTICATED for an
@@ -522,7 +627,7 @@ impl Auth {
         rules
     }
 
-    fn issue(&self, account: &StoredAccount, expiry: Option<Duration>) -> Result<Token, Status> {
+    fn issue(&self, account: &StoredAccount, expiry: Option<Duration>, session: &str) -> Result<Token, Status> {
         let ttl = expiry.filter(|d| !d.is_zero()).map_or(self.config.access_ttl, |d| d.min(self.config.access_ttl));
         let created = now();
         let claims = Claims {
@@ -533,6 +638,8 @@ impl Auth {
             iss: account.issuer.clone(),
             iat: created,
             exp: created + ttl.as_secs().max(1),
+            generation: account.generation,
+            sid: session.to_string(),
         };
         let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         let access = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(storage)?;
@@ -541,6 +648,7 @@ impl Auth {
             namespace: account.issuer.clone(),
             account: account.id.clone(),
             expires: created + self.config.refresh_ttl.as_secs(),
+            session: session.to_string(),
         };
         self.tokens
             .apply(&[(format!("refresh/{}", crate::schema::hash(refresh.as_bytes())), encode(&record)?)], &[])
@@ -548,40 +656,65 @@ impl Auth {
         Ok(Token { access_token: access, refresh_token: refresh, created: created as i64, expiry: claims.exp as i64 })
     }
 
-    fn check_lockout(&self, namespace: &str, id: &str) -> Result<(), Status> {
+    /// How long `source` must still wait before trying `id` again, if it must.
+    fn backoff(&self, key: &FailureKey) -> Option<Duration> {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = failures.get(&(namespace.to_string(), id.to_string()))
-            && let Some(until) = f.blocked_until.filter(|u| *u > Instant::now())
-        {
-            let secs = (until - Instant::now()).as_secs().max(1);
-            return Err(Status::resource_exhausted(format!("Too many failed logins; try again in {secs}s")));
-        }
-        Ok(())
+        let until = failures.get(key)?.blocked_until?;
+        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
     }
 
-    fn record_failure(&self, namespace: &str, id: &str) {
+    fn record_failure(&self, key: FailureKey) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let f = failures.entry((namespace.to_string(), id.to_string())).or_insert(Failures {
-            count: 0,
-            since: now,
-            blocked_until: None,
-        });
-        if now.duration_since(f.since) > FAILURE_WINDOW {
-            f.count = 0;
-            f.since = now;
+        if failures.len() >= MAX_FAILURE_ENTRIES {
+            failures.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+            if failures.len() >= MAX_FAILURE_ENTRIES
+                && let Some(oldest) = failures.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone())
+            {
+                failures.remove(&oldest);
+            }
         }
-        f.count += 1;
-        if f.count >= MAX_FAILURES {
-            f.blocked_until = Some(now + LOCKOUT);
+        let f = failures.entry(key).or_insert(Failures { count: 0, last: now, blocked_until: None });
+        if now.duration_since(f.last) > FAILURE_MEMORY {
             f.count = 0;
-            f.since = now;
         }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count > FREE_FAILURES {
+            let doublings = (f.count - FREE_FAILURES - 1).min(20);
+            let wait = FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+            f.blocked_until = now.checked_add(wait);
+        }
+    }
+
+    /// Logs in with an id or name and a secret, from an unknown source. See [`Auth::login_from`].
+    pub fn login(&self, namespace: &str, id: &str, secret: &str, expiry: Option<Duration>) -> Result<Token, Status> {
+        self.login_from(namespace, id, secret, expiry, Source::default())
     }
 
     /// Logs in with an id or name and a secret. A missing account and a wrong secret get the same answer.
-    pub fn login(&self, namespace: &str, id: &str, secret: &str, expiry: Option<Duration>) -> Result<Token, Status> {
-        self.check_lockout(namespace, id)?;
+    /// Failures are counted per account and source: after [`FREE_FAILURES`], that source waits before its next
+    /// attempt on that account, twice as long after each further failure. Other sources are not held back, and
+    /// a correct secret from the loopback interface is always accepted, so nobody can lock the admin out.
+    pub fn login_from(
+        &self,
+        namespace: &str,
+        id: &str,
+        secret: &str,
+        expiry: Option<Duration>,
+        source: Source,
+    ) -> Result<Token, Status> {
+        let key: FailureKey = (namespace.to_string(), id.to_string(), source.ip);
+        let too_many = |wait: Duration| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            Status::resource_exhausted(format!("Too many failed logins; try again in {secs}s"))
+        };
+        let backoff = self.backoff(&key);
+        if let Some(wait) = backoff
+            && !source.loopback()
+        {
+            return Err(too_many(wait));
+        }
         let account = self.find_account(namespace, id);
         // Hash even when the account is missing, so timing does not tell the two apart.
         let ok = match &account {
@@ -592,10 +725,13 @@ impl Auth {
             }
         };
         match (ok, account) {
-            (true, Some(a)) => self.issue(&a, expiry),
+            (true, Some(a)) => {
+                self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                self.issue(&a, expiry, &random_token(16))
+            }
             _ => {
-                self.record_failure(namespace, id);
-                Err(Status::unauthenticated("Invalid credentials"))
+                self.record_failure(key);
+                Err(backoff.map_or_else(|| Status::unauthenticated("Invalid credentials"), too_many))
             }
         }
     }
@@ -614,13 +750,38 @@ impl Auth {
         let account = self
             .find_account(&record.namespace, &record.account)
             .ok_or_else(|| Status::unauthenticated("invalid token provided"))?;
-        self.issue(&account, expiry)
+        let session = if record.session.is_empty() { random_token(16) } else { record.session };
+        if self.state.read().unwrap_or_else(|e| e.into_inner()).revoked.contains_key(&session) {
+            return Err(Status::unauthenticated("invalid token provided"));
+        }
+        self.issue(&account, expiry, &session)
     }
 
-    /// Revokes one refresh token (logout). An unknown token is not an error.
+    /// Revokes one refresh token (logout) and ends its session: the session's access tokens stop verifying at
+    /// once, here and on every server that shares the state. An unknown token is not an error.
     pub fn revoke(&self, refresh_token: &str) -> Result<(), Status> {
         let key = format!("refresh/{}", crate::schema::hash(refresh_token.as_bytes()));
-        self.tokens.apply(&[], std::slice::from_ref(&key)).map_err(storage)
+        let taken = self.tokens.take(&key).map_err(storage)?;
+        let Some(record) = taken.and_then(|bytes| serde_json::from_slice::<StoredRefresh>(&bytes).ok()) else {
+            return Ok(());
+        };
+        if record.session.is_empty() {
+            return Ok(());
+        }
+        // Remembered for as long as an access token of the session can live.
+        let now = now();
+        let revoked = StoredRevoked { expires: now + self.config.access_ttl.as_secs() + 1 };
+        let expired: Vec<String> = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state.revoked.iter().filter(|(_, e)| **e <= now).map(|(sid, _)| format!("revoked/{sid}")).collect()
+        };
+        self.store.apply(&[(format!("revoked/{}", record.session), encode(&revoked)?)], &expired).map_err(storage)?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.revoked.retain(|_, expires| *expires > now);
+        state.revoked.insert(record.session, revoked.expires);
+        drop(state);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     fn revoke_refresh_tokens(&self, namespace: &str, id: &str) -> Result<(), Status> {
@@ -672,6 +833,7 @@ impl Auth {
             metadata,
             issuer: namespace.into(),
             secret_hash: hash_secret(&secret)?,
+            generation: rand::rng().next_u64(),
         };
         self.put_account(account.clone())?;
         let mut msg = account.message();
@@ -712,6 +874,8 @@ impl Auth {
             return Err(Status::unauthenticated("Secret not correct"));
         }
         account.secret_hash = hash_secret(new)?;
+        // Every access token issued before stops verifying.
+        account.generation = rand::rng().next_u64();
         self.put_account(account)?;
         self.revoke_refresh_tokens(namespace, id)
     }
@@ -886,12 +1050,74 @@ mod tests {
     }
 
     #[test]
-    fn lockout_after_repeated_failures() {
+    fn failed_logins_back_off_per_source_and_never_lock_out_loopback() {
         let (_dir, auth) = open();
-        for _ in 0..MAX_FAILURES {
-            let _ = auth.login("micro", "admin", "wrong", None);
+        let from = |ip: &str| Source { ip: Some(ip.parse().unwrap()) };
+        let attacker = from("203.0.113.7");
+        for _ in 0..=FREE_FAILURES {
+            assert_eq!(
+                auth.login_from("micro", "admin", "wrong", None, attacker).unwrap_err().code(),
+                tonic::Code::Unauthenticated
+            );
         }
-        assert_eq!(auth.login("micro", "admin", "micro", None).unwrap_err().code(), tonic::Code::ResourceExhausted);
+        // The attacker's source now waits, even with the right secret…
+        let held = auth.login_from("micro", "admin", "micro", None, attacker).unwrap_err();
+        assert_eq!(held.code(), tonic::Code::ResourceExhausted, "{held:?}");
+        // …but the admin, from another source or from loopback, is not locked out.
+        assert!(auth.login_from("micro", "admin", "micro", None, from("198.51.100.1")).is_ok());
+        assert!(auth.login_from("micro", "admin", "micro", None, from("127.0.0.1")).is_ok());
+        // From loopback, a wrong secret is still held back once over the limit.
+        for _ in 0..=FREE_FAILURES {
+            let _ = auth.login_from("micro", "admin", "wrong", None, from("127.0.0.1"));
+        }
+        let err = auth.login_from("micro", "admin", "wrong", None, from("127.0.0.1")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(auth.login_from("micro", "admin", "micro", None, from("127.0.0.1")).is_ok());
+        // The wait doubles with each further failure, up to the cap.
+        let key: FailureKey = ("micro".into(), "x".into(), attacker.ip);
+        for _ in 0..(FREE_FAILURES + 3) {
+            auth.record_failure(key.clone());
+        }
+        let wait = auth.backoff(&key).unwrap();
+        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(4), "{wait:?}");
+        for _ in 0..40 {
+            auth.record_failure(key.clone());
+        }
+        assert!(auth.backoff(&key).unwrap() <= MAX_BACKOFF);
+    }
+
+    #[test]
+    fn access_tokens_end_with_logout_secret_changes_and_deletion() {
+        let (_dir, auth) = open();
+        // Logout (revoke) ends that session's access token, not another session's.
+        let one = auth.login("micro", "admin", "micro", None).unwrap();
+        let two = auth.login("micro", "admin", "micro", None).unwrap();
+        assert!(auth.verify(&one.access_token).is_ok());
+        auth.revoke(&one.refresh_token).unwrap();
+        assert!(auth.verify(&one.access_token).unwrap_err().message().contains("logged out"));
+        assert!(auth.refresh(&one.refresh_token, None).is_err());
+        assert!(auth.verify(&two.access_token).is_ok());
+        // A refreshed token keeps its session: revoking the new refresh token ends it too.
+        let three = auth.refresh(&two.refresh_token, None).unwrap();
+        auth.revoke(&three.refresh_token).unwrap();
+        assert!(auth.verify(&three.access_token).is_err());
+        assert!(auth.verify(&two.access_token).is_err());
+
+        // A password change ends every access token of the account.
+        let t = auth.login("micro", "admin", "micro", None).unwrap();
+        auth.change_secret("micro", "admin", "micro", "new", false).unwrap();
+        assert!(auth.verify(&t.access_token).unwrap_err().message().contains("secret changed"));
+        assert!(auth.verify(&auth.login("micro", "admin", "new", None).unwrap().access_token).is_ok());
+
+        // A deleted admin, recreated without scopes: the old token fails, and a new one carries no admin scope.
+        auth.create_account("micro", "boss", "", "user", vec![ADMIN_SCOPE.into()], HashMap::new(), "pw").unwrap();
+        let old = auth.login("micro", "boss", "pw", None).unwrap();
+        assert!(auth.verify(&old.access_token).unwrap().administers("micro"));
+        auth.delete_account("micro", "boss").unwrap();
+        auth.create_account("micro", "boss", "", "user", vec![], HashMap::new(), "pw").unwrap();
+        assert!(auth.verify(&old.access_token).is_err());
+        let new = auth.login("micro", "boss", "pw", None).unwrap();
+        assert!(!auth.verify(&new.access_token).unwrap().administers("micro"));
     }
 
     /// Account `u` of namespace `a`, a user without scopes.

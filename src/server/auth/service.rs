@@ -45,12 +45,14 @@ impl AuthService {
 }
 
 /// The namespace a request acts on: its options, else the caller's.
-fn namespace(options: Option<&Options>, caller: &Caller) -> String {
-    options
+fn namespace(options: Option<&Options>, caller: &Caller) -> Result<String, Status> {
+    let ns = options
         .map(|o| o.namespace.clone())
         .filter(|n| !n.is_empty())
         .or_else(|| Some(caller.namespace.clone()).filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string())
+        .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string());
+    crate::namespace::validate(&ns)?;
+    Ok(ns)
 }
 
 #[tonic::async_trait]
@@ -58,7 +60,7 @@ impl auth_server::Auth for AuthService {
     async fn generate(&self, req: Request<GenerateRequest>) -> Result<Response<GenerateResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         caller.require_admin(&ns)?;
         let account = self
             .blocking(move |auth| auth.create_account(&ns, &r.id, &r.name, &r.r#type, r.scopes, r.metadata, &r.secret))
@@ -67,8 +69,20 @@ impl auth_server::Auth for AuthService {
     }
 
     async fn inspect(&self, req: Request<InspectRequest>) -> Result<Response<InspectResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
+        let me = caller
+            .account
+            .as_ref()
+            .ok_or_else(|| Status::unauthenticated("inspecting a token needs an account: log in first"))?;
         let account = self.auth.verify(&r.token).map_err(|e| Status::invalid_argument(e.message().to_string()))?;
+        // Your own token, or a token of a namespace you administer: nobody learns whose another token is.
+        let own = me.id == account.id && me.issuer == account.issuer;
+        if !own && !me.administers(&account.issuer) {
+            return Err(Status::permission_denied(
+                "you may inspect only your own tokens, or those of a namespace you administer",
+            ));
+        }
         let message =
             self.auth.account(&account.issuer, &account.id).ok_or_else(|| Status::not_found("Account not found"))?;
         Ok(Response::new(InspectResponse { account: Some(message) }))
@@ -86,12 +100,13 @@ impl auth_server::Auth for AuthService {
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         let expiry = (r.token_expiry > 0).then(|| Duration::from_secs(r.token_expiry as u64));
         let token = if !r.refresh_token.is_empty() {
             self.blocking(move |auth| auth.refresh(&r.refresh_token, expiry)).await?
         } else if !r.id.is_empty() {
-            self.blocking(move |auth| auth.login(&ns, &r.id, &r.secret, expiry)).await?
+            let source = super::Source { ip: caller.remote };
+            self.blocking(move |auth| auth.login_from(&ns, &r.id, &r.secret, expiry, source)).await?
         } else {
             return Err(Status::invalid_argument("Credentials or a refresh token required"));
         };
@@ -103,7 +118,7 @@ impl auth_server::Auth for AuthService {
 impl accounts_server::Accounts for AuthService {
     async fn list(&self, req: Request<ListAccountsRequest>) -> Result<Response<ListAccountsResponse>, Status> {
         let caller = Caller::of(&req);
-        let ns = namespace(req.get_ref().options.as_ref(), &caller);
+        let ns = namespace(req.get_ref().options.as_ref(), &caller)?;
         caller.require_admin(&ns)?;
         Ok(Response::new(ListAccountsResponse { accounts: self.auth.accounts(&ns) }))
     }
@@ -111,7 +126,7 @@ impl accounts_server::Accounts for AuthService {
     async fn delete(&self, req: Request<DeleteAccountRequest>) -> Result<Response<DeleteAccountResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         let me = caller.require_admin(&ns)?;
         if r.id.is_empty() {
             return Err(Status::invalid_argument("Missing ID"));
@@ -126,7 +141,7 @@ impl accounts_server::Accounts for AuthService {
     async fn change_secret(&self, req: Request<ChangeSecretRequest>) -> Result<Response<ChangeSecretResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         let me = caller.require_member(&ns)?;
         let own = me.id == r.id && me.issuer == ns;
         if !own && !me.administers(&ns) {
@@ -143,7 +158,7 @@ impl rules_server::Rules for AuthService {
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         caller.require_admin(&ns)?;
         let rule = r.rule.ok_or_else(|| Status::invalid_argument("Rule missing"))?;
         self.blocking(move |auth| auth.create_rule(&ns, rule)).await?;
@@ -153,7 +168,7 @@ impl rules_server::Rules for AuthService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(r.options.as_ref(), &caller);
+        let ns = namespace(r.options.as_ref(), &caller)?;
         caller.require_admin(&ns)?;
         self.blocking(move |auth| auth.delete_rule(&ns, &r.id)).await?;
         Ok(Response::new(DeleteResponse {}))
@@ -161,7 +176,7 @@ impl rules_server::Rules for AuthService {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let caller = Caller::of(&req);
-        let ns = namespace(req.get_ref().options.as_ref(), &caller);
+        let ns = namespace(req.get_ref().options.as_ref(), &caller)?;
         caller.require_member(&ns)?;
         Ok(Response::new(ListResponse { rules: self.auth.rules_of(&ns) }))
     }

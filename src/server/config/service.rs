@@ -161,12 +161,14 @@ impl ConfigService {
 }
 
 /// The namespace a request names, else the caller's, else `micro`.
-fn namespace(requested: &str, caller: &Caller) -> String {
-    [requested, caller.namespace.as_str()]
+fn namespace(requested: &str, caller: &Caller) -> Result<String, Status> {
+    let ns = [requested, caller.namespace.as_str()]
         .into_iter()
         .find(|n| !n.is_empty())
         .unwrap_or(crate::DEFAULT_NAMESPACE)
-        .to_string()
+        .to_string();
+    crate::namespace::validate(&ns)?;
+    Ok(ns)
 }
 
 #[tonic::async_trait]
@@ -174,7 +176,7 @@ impl config_server::Config for ConfigService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(&r.namespace, &caller);
+        let ns = namespace(&r.namespace, &caller)?;
         let reveal = r.options.is_some_and(|o| o.secret);
         if reveal {
             caller.require_admin(&ns)?;
@@ -188,7 +190,7 @@ impl config_server::Config for ConfigService {
     async fn set(&self, req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(&r.namespace, &caller);
+        let ns = namespace(&r.namespace, &caller)?;
         caller.require_admin(&ns)?;
         let data = r.value.map(|v| v.data).unwrap_or_default();
         if data.is_empty() {
@@ -202,7 +204,7 @@ impl config_server::Config for ConfigService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let ns = namespace(&r.namespace, &caller);
+        let ns = namespace(&r.namespace, &caller)?;
         caller.require_admin(&ns)?;
         self.blocking(move |s| s.delete(&ns, &r.path)).await?;
         Ok(Response::new(DeleteResponse {}))

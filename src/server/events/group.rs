@@ -123,7 +123,7 @@ impl GroupState {
     /// head. Events past their retry limit are given up on (done) instead.
     pub fn claim(&mut self, member: u64, now: Instant, options: ClaimOptions) -> Vec<Claim> {
         let mut out = Vec::new();
-        let deadline = now + options.ack_wait;
+        let deadline = now.checked_add(options.ack_wait).unwrap_or(now);
         while out.len() < options.max {
             let Some(seq) = self.ready.pop_first() else { break };
             if self.is_done(seq) {

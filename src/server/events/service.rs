@@ -22,6 +22,8 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub const MAX_NAME: usize = 256;
 /// How long a consumer has to ack an event unless it says otherwise.
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// The longest ack wait a consumer may ask for.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// How many events one consumer may hold unacknowledged.
 pub const MAX_INFLIGHT: usize = 1024;
 /// How many events a consumer claims at a time.
@@ -171,8 +173,11 @@ impl ConsumeOptions {
         if s.offset < 0 {
             return Err(Status::invalid_argument("offset must not be negative (Unix seconds)"));
         }
-        if s.ack_wait < 0 {
-            return Err(Status::invalid_argument("ack_wait must not be negative (nanoseconds)"));
+        if s.ack_wait < 0 || s.ack_wait as u128 > MAX_ACK_WAIT.as_nanos() {
+            return Err(Status::invalid_argument(format!(
+                "ack_wait must be between 0 (the default, {DEFAULT_ACK_WAIT:?}) and {MAX_ACK_WAIT:?} in nanoseconds, got {}",
+                s.ack_wait
+            )));
         }
         if s.retry_limit < 0 {
             return Err(Status::invalid_argument("retry_limit must not be negative (0 means no limit)"));

@@ -6,8 +6,26 @@
 //! load balancing are the proxy's. The `Authorization` header (or a `micro-token` cookie) and `Micro-Namespace`
 //! travel as gRPC metadata, and `micro-service` names the resolved service. The reply comes back as JSON (proto
 //! field names, defaults included), server streams as Server-Sent Events or NDJSON ([`stream`]), and errors as
-//! Micro's `{"id","code","detail","status"}` ([`error`]). CORS is on by default; `GET /` answers the version and
-//! `GET /openapi.json` describes the namespace's services ([`openapi`]).
+//! Micro's `{"id","code","detail","status"}` ([`error`]). `GET /` answers the version and `GET /openapi.json`
+//! describes the namespace's services ([`openapi`]).
+//!
+//! The gateway is reachable from every web page a browser opens, so it defends itself against cross-site requests:
+//!
+//! - **CORS is off by default.** Only origins configured in [`GatewayConfig::cors_origins`] get CORS headers, with
+//!   `Access-Control-Allow-Credentials: true`; `*` lets any origin read answers *without* credentials.
+//! - **JSON only with a JSON content type.** A body is read as JSON only with `Content-Type: application/json` (or
+//!   `…+json`, or `application/x-ndjson` for client streams); anything else is a 415 that names the expected type.
+//!   A form (`application/x-www-form-urlencoded`) is read only when the request has an `Authorization` header: a
+//!   browser sends that header cross-origin only after a CORS preflight, so a form can never be a cross-site
+//!   "simple" request that carries credentials (`body_kind`).
+//! - **Cross-site requests are refused.** A call whose credentials come from the `micro-token` cookie must prove
+//!   that it comes from the gateway's own origin or a configured one (`Origin`, or `Sec-Fetch-Site: same-origin` or
+//!   `none`); a call without credentials may not come from a foreign origin either. Either is otherwise a 403
+//!   (`check_origin`). Every method counts, `GET` included, since `GET /store/write?…` is a call too.
+//!
+//! Connections are limited and time out as [`crate::server::conn`] describes: the head of a request must arrive
+//! within the handshake timeout, a connection without a request in flight is closed after the idle timeout, and a
+//! request body that stops arriving for the idle timeout is a 408.
 
 pub mod error;
 pub mod openapi;
@@ -17,9 +35,12 @@ pub mod stream;
 mod unary;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use crate::client::dynamic::DynamicCodec;
+use crate::server::conn;
 use crate::server::proxy::{Proxy, SERVICE_HEADER};
 use crate::server::registry::{MemoryRegistry, RegistryBackend, service::NAMESPACE_HEADER};
 use axum::Router;
@@ -50,7 +71,9 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Settings of the gateway.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayConfig {
-    /// Origins allowed by CORS (`https://app.example.com`); empty = allow any origin.
+    /// Origins allowed by CORS, with credentials (`https://app.example.com`); their pages may also call with the
+    /// `micro-token` cookie. `*` lets any origin read answers, without credentials. Empty (the default): no CORS
+    /// headers, so browsers let no other origin read answers.
     pub cors_origins: Vec<String>,
 }
 
@@ -69,6 +92,8 @@ struct Inner {
     closing: CancellationToken,
     /// The issuers of recently seen tokens.
     issuers: Issuers,
+    /// How long a request body may stop arriving before the request is refused (the idle timeout).
+    body_timeout: std::time::Duration,
 }
 
 /// The issuers of recently seen bearer tokens ([`token_issuer`]), so that a token's payload is decoded once rather
@@ -109,7 +134,8 @@ impl Gateway {
         let resolver = Resolver::new(registry.clone());
         let closing = CancellationToken::new();
         let issuers = Issuers::default();
-        Self { inner: Arc::new(Inner { proxy, registry, resolver, config, closing, issuers }) }
+        let body_timeout = conn::Limits::from_env().idle;
+        Self { inner: Arc::new(Inner { proxy, registry, resolver, config, closing, issuers, body_timeout }) }
     }
 
     /// The gateway's routes: `/`, `/openapi.json`, `/favicon.ico` and every service path, behind CORS.
@@ -125,7 +151,7 @@ impl Gateway {
             .route("/favicon.ico", any(|| async { StatusCode::OK }))
             .route("/openapi.json", get(openapi))
             .with_state(self.inner.clone());
-        GatewayService { inner: self.inner.clone(), fixed }
+        GatewayService { inner: self.inner.clone(), fixed, conn: None, peer: None }
     }
 
     /// Ends every open response stream (watches, SSE), as when the server shuts down.
@@ -141,6 +167,12 @@ struct GatewayService {
     inner: Arc<Inner>,
     /// `/`, `/favicon.ico` and `/openapi.json`.
     fixed: Router,
+    /// The connection the service answers on, told when each request starts and its response ends, so that it
+    /// is not closed as idle while a response streams ([`serve`]).
+    conn: Option<Arc<conn::Activity>>,
+    /// The HTTP client's address, passed to the proxy with each call so that auth can tell sources apart
+    /// (failed logins are counted per source).
+    peer: Option<crate::server::auth::Peer>,
 }
 
 impl Service<Request> for GatewayService {
@@ -152,11 +184,17 @@ impl Service<Request> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer);
+        }
+        // The request is in flight until its response has been sent.
+        let in_flight = self.conn.as_ref().map(|c| c.begin());
         // CORS (reference §5.5): headers on every answer (unless already set), and `OPTIONS` answered at once.
         let allowed = allowed_origin(&self.inner.config.cors_origins, req.headers().get(header::ORIGIN));
         if req.method() == Method::OPTIONS {
-            return Box::pin(std::future::ready(Ok(cors(StatusCode::OK.into_response(), allowed))));
+            let rsp = cors(StatusCode::OK.into_response(), allowed);
+            return Box::pin(std::future::ready(Ok(tracked(rsp, in_flight))));
         }
         match req.uri().path() {
             "/" | "/favicon.ico" | "/openapi.json" => {
@@ -166,34 +204,69 @@ impl Service<Request> for GatewayService {
                         Ok(rsp) => rsp,
                         Err(never) => match never {},
                     };
-                    Ok(cors(rsp, allowed))
+                    Ok(tracked(cors(rsp, allowed), in_flight))
                 })
             }
             _ => {
                 let inner = self.inner.clone();
-                Box::pin(async move { Ok(cors(rpc(&inner, req).await, allowed)) })
+                Box::pin(async move { Ok(tracked(cors(rpc(&inner, req).await, allowed), in_flight)) })
             }
         }
     }
 }
 
+/// `rsp`, whose body keeps its request in flight on its connection until it has been sent.
+fn tracked(rsp: Response, in_flight: Option<conn::InFlight>) -> Response {
+    match in_flight {
+        Some(in_flight) => rsp.map(|body| Body::new(conn::Tracked::new(body, in_flight))),
+        None => rsp,
+    }
+}
+
+/// Makes the [`GatewayService`] of each connection that `axum::serve` accepts from a [`conn::Listener`].
+#[derive(Clone)]
+struct PerConnection(GatewayService);
+
+impl<'a> Service<axum::serve::IncomingStream<'a, conn::Listener>> for PerConnection {
+    type Response = GatewayService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<GatewayService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: axum::serve::IncomingStream<'a, conn::Listener>) -> Self::Future {
+        let mut service = self.0.clone();
+        service.conn = Some(incoming.io().activity());
+        service.peer = Some(crate::server::auth::Peer(*incoming.remote_addr()));
+        std::future::ready(Ok(service))
+    }
+}
+
 /// Serves `gateway` on `listener` until `shutdown` resolves; open streams are then ended and in-flight requests
-/// finish.
+/// finish. Connections are limited and time out as [`conn`] describes ([`conn::Mode::Requests`]: every request
+/// is reported to its connection, so the head of a request must arrive in time and a connection is idle only
+/// when no response is streaming).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::ServiceExt as _;
-    use axum::serve::ListenerExt;
+    serve_limited(listener, gateway, shutdown, conn::Limits::from_env()).await
+}
+
+/// [`serve`] with the given connection limits.
+async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: conn::Limits,
+) -> std::io::Result<()> {
     let closing = gateway.inner.closing.clone();
     let service = gateway.service();
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::trace!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, service.into_make_service())
+    let listener = conn::Listener::new(listener, limits, conn::Mode::Requests);
+    axum::serve(listener, PerConnection(service))
         .with_graceful_shutdown(async move {
             shutdown.await;
             closing.cancel();
@@ -348,13 +421,21 @@ fn grpc(proxy: &Proxy) -> tonic::client::Grpc<ProxyTransport> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-/// Reads a body of at most [`MAX_BODY`] bytes. A body that arrives in one chunk, as small requests do, is kept as
-/// it is, without a copy.
-async fn read_body(body: Body, id: &str) -> Result<Bytes, ApiError> {
+/// Reads a body of at most [`MAX_BODY`] bytes, each chunk within `timeout` of the previous one (else a 408). A body
+/// that arrives in one chunk, as small requests do, is kept as it is, without a copy.
+async fn read_body(body: Body, id: &str, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut first: Option<Bytes> = None;
     let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(timeout, stream.next()).await else {
+            return Err(ApiError::new(
+                id,
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body stopped arriving for {}", humantime::format_duration(timeout)),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(id, format!("cannot read the request body: {e}")))?;
         let held = first.as_ref().map_or(0, Bytes::len);
         if held + out.len() + chunk.len() > MAX_BODY {
@@ -402,6 +483,10 @@ async fn rpc(inner: &Inner, req: Request) -> Response {
 impl Inner {
     async fn rpc(&self, req: Request) -> Result<Response, ApiError> {
         let (parts, body) = req.into_parts();
+        // Cross-site requests and bodies of the wrong type are refused before the path is resolved, so that the
+        // answer is the same whether the service exists or not.
+        check_origin(&parts.headers, &parts.uri, &self.config.cors_origins)?;
+        let kind = body_kind(&parts.headers)?;
         let namespace = namespace_with(&parts.headers, Some(&self.issuers))?;
         let target = match self.resolver.resolve(&namespace, parts.uri.path()) {
             Ok(target) => target,
@@ -411,35 +496,22 @@ impl Inner {
             Err(e) => return Err(e),
         };
         let id = target.service.as_str();
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim())
-            .map_or(Cow::Borrowed(""), |v| match v.bytes().any(|b| b.is_ascii_uppercase()) {
-                true => Cow::Owned(v.to_ascii_lowercase()),
-                false => Cow::Borrowed(v),
-            });
-        let declared_form = content_type == "application/x-www-form-urlencoded";
-        if content_type.starts_with("multipart/")
-            || content_type.starts_with("application/grpc")
-            || content_type.contains("proto")
-            || content_type == "application/octet-stream"
-        {
+        let body = read_body(body, id, self.body_timeout).await?;
+        if kind == BodyKind::Unlabelled && !body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(
-                id,
+                GATEWAY_ID,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("content type {content_type} is not supported: send JSON"),
+                format!("the request body has no Content-Type: send JSON with Content-Type: {JSON}"),
             ));
         }
-        let body = read_body(body, id).await?;
         // `curl -d '{…}'` labels JSON as a form: a body that looks like JSON is read as JSON.
         let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{' || *b == b'[');
-        let form = declared_form && !looks_like_json;
+        let form = kind == BodyKind::Form && !looks_like_json;
         let input = request::Input { query: parts.uri.query().unwrap_or_default(), body: &body, form };
         let metadata = metadata(&parts.headers, &namespace, id)?;
         let format = stream::Format::for_accept(parts.headers.get(header::ACCEPT));
-        self.call(&target, metadata, input, format).await
+        let peer = parts.extensions.get::<crate::server::auth::Peer>().copied();
+        self.call(&target, metadata, input, format, peer).await
     }
 
     async fn call(
@@ -448,6 +520,7 @@ impl Inner {
         metadata: HeaderMap,
         input: request::Input<'_>,
         format: stream::Format,
+        peer: Option<crate::server::auth::Peer>,
     ) -> Result<Response, ApiError> {
         let id = target.service.as_str();
         let method = &target.method;
@@ -458,35 +531,38 @@ impl Inner {
         };
         let codec = DynamicCodec::new(method.output());
         let mut grpc = grpc(&self.proxy);
-        fn with<T>(metadata: HeaderMap, message: T) -> tonic::Request<T> {
-            tonic::Request::from_parts(
-                tonic::metadata::MetadataMap::from_headers(metadata),
-                Default::default(),
-                message,
-            )
+        let mut extensions = tonic::Extensions::default();
+        if let Some(peer) = peer {
+            extensions.insert(peer);
+        }
+        fn with<T>(metadata: HeaderMap, extensions: tonic::Extensions, message: T) -> tonic::Request<T> {
+            tonic::Request::from_parts(tonic::metadata::MetadataMap::from_headers(metadata), extensions, message)
         }
         let status = |s: tonic::Status| ApiError::from_status(id, &s);
         match (method.is_client_streaming(), method.is_server_streaming()) {
             (false, false) => {
                 let message = request::message(&method.input(), input, id)?;
                 let output = method.output();
-                let rsp = unary::call(&self.proxy, path, metadata, &message, &output, MAX_MESSAGE).await;
+                let rsp = unary::call(&self.proxy, path, metadata, &message, &output, MAX_MESSAGE, peer).await;
                 Ok(json_response(StatusCode::OK, json_bytes(&rsp.map_err(status)?)))
             }
             (false, true) => {
                 let message = request::message(&method.input(), input, id)?;
-                let rsp = grpc.server_streaming(with(metadata, message), path, codec).await.map_err(status)?;
+                let rsp =
+                    grpc.server_streaming(with(metadata, extensions, message), path, codec).await.map_err(status)?;
                 Ok(stream::respond(format, id.to_string(), rsp.into_inner(), self.closing.clone()))
             }
             (true, false) => {
                 let messages = request::messages(&method.input(), input, id)?;
-                let rsp = grpc.client_streaming(with(metadata, futures::stream::iter(messages)), path, codec).await;
+                let rsp = grpc
+                    .client_streaming(with(metadata, extensions, futures::stream::iter(messages)), path, codec)
+                    .await;
                 Ok(json_response(StatusCode::OK, json_bytes(rsp.map_err(status)?.get_ref())))
             }
             (true, true) => {
                 let messages = request::messages(&method.input(), input, id)?;
                 let rsp = grpc
-                    .streaming(with(metadata, futures::stream::iter(messages)), path, codec)
+                    .streaming(with(metadata, extensions, futures::stream::iter(messages)), path, codec)
                     .await
                     .map_err(status)?;
                 Ok(stream::respond(format, id.to_string(), rsp.into_inner(), self.closing.clone()))
@@ -520,47 +596,189 @@ impl Inner {
         let namespace = namespace_with(headers, Some(&self.issuers))?;
         let metadata = metadata(headers, &namespace, "registry")?;
         let mut client = RegistryClient::new(ProxyTransport(self.proxy.clone())).max_decoding_message_size(MAX_MESSAGE);
-        let metadata = tonic::metadata::MetadataMap::from_headers(metadata);
-        let req = tonic::Request::from_parts(metadata, Default::default(), ListRequest::default());
-        let services = client.list_services(req).await.map_err(|s| ApiError::from_status("registry", &s))?;
+        // The registry answers in pages: follow them.
+        let mut services = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let metadata = tonic::metadata::MetadataMap::from_headers(metadata.clone());
+            let req =
+                tonic::Request::from_parts(metadata, Default::default(), ListRequest { options: None, page_token });
+            let page = client.list_services(req).await.map_err(|s| ApiError::from_status("registry", &s))?.into_inner();
+            services.extend(page.services);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         let registry = &self.registry;
-        Ok(openapi::document(&services.into_inner().services, |hash| registry.schema(hash)))
+        Ok(openapi::document(&services, |hash| registry.schema(hash)))
     }
 }
 
-/// `rsp` with the CORS headers (reference §5.5) of a request whose origin is `allowed` (`None`: not allowed), each
-/// unless already set.
-fn cors(mut rsp: Response, allowed: Option<HeaderValue>) -> Response {
-    if let Some(origin) = allowed {
-        let echoed = origin != "*";
-        let headers = rsp.headers_mut();
-        let mut set = |name: header::HeaderName, value: HeaderValue| {
-            if !headers.contains_key(&name) {
-                headers.insert(name, value);
-            }
-        };
-        set(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        set(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, PATCH, GET, OPTIONS, PUT, DELETE"));
-        set(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(
-                "Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token, Authorization, Micro-Namespace",
-            ),
-        );
-        if echoed {
-            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+/// The content type the gateway reads request bodies as.
+const JSON: &str = "application/json";
+
+/// How a request's body is to be read, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyKind {
+    /// JSON: `application/json`, any `…/…+json`, or `application/x-ndjson` (client streams).
+    Json,
+    /// A form (`application/x-www-form-urlencoded`), allowed with an `Authorization` header only.
+    Form,
+    /// No `Content-Type`: the body must be empty (the request comes from the query).
+    Unlabelled,
+}
+
+/// How the body of a request with `headers` is read, or a 415 that names the type to send.
+///
+/// Only JSON types are read as JSON: `text/plain` (or no type at all on a non-empty body) is what a cross-site
+/// "simple" request sends without a CORS preflight, so reading it would let any web page call services with the
+/// browser's `micro-token` cookie. Forms are such a type too, and are read only with an `Authorization` header,
+/// which a browser sends cross-origin only after a preflight that CORS allows.
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(BodyKind::Unlabelled) };
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    let refuse = |detail: String| Err(ApiError::new(GATEWAY_ID, StatusCode::UNSUPPORTED_MEDIA_TYPE, detail));
+    match essence.as_str() {
+        JSON | "application/x-ndjson" => Ok(BodyKind::Json),
+        t if t.ends_with("+json") && t.contains('/') => Ok(BodyKind::Json),
+        "application/x-www-form-urlencoded" if headers.contains_key(header::AUTHORIZATION) => Ok(BodyKind::Form),
+        "application/x-www-form-urlencoded" => refuse(format!(
+            "a form body (application/x-www-form-urlencoded) is read only with an Authorization header: send JSON \
+             with Content-Type: {JSON}"
+        )),
+        "" => refuse(format!("the Content-Type header is not valid: send JSON with Content-Type: {JSON}")),
+        other => refuse(format!("content type {other} is not supported: send JSON with Content-Type: {JSON}")),
+    }
+}
+
+/// Whether a request comes from a place allowed to make it: a 403 for a cross-site request.
+///
+/// A request with an `Authorization` header passes: a browser sends that header cross-origin only after a CORS
+/// preflight, which only configured origins pass, and other clients had to hold the token. Otherwise:
+///
+/// - credentials from the `micro-token` cookie need proof of a trusted origin: an `Origin` that is the gateway's own
+///   (`http(s)://` + its `Host`) or one of `cors_origins` (not `*`), or, without `Origin`, `Sec-Fetch-Site:
+///   same-origin` or `none` (typed by the user). A browser sends one or the other on every request, a cross-site
+///   `GET` included, so a request that has neither is not trusted with a cookie (send an `Authorization` header
+///   instead).
+/// - a request without credentials may not come from a foreign origin (an untrusted `Origin`, or
+///   `Sec-Fetch-Site: cross-site`/`same-site`), unless `cors_origins` has `*`: the rules grant anonymous callers
+///   some calls, and no web page should make them through a visitor's browser.
+fn check_origin(headers: &HeaderMap, uri: &http::Uri, cors_origins: &[String]) -> Result<(), ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let cookie = authorization(headers).is_some();
+    let public = !cookie && cors_origins.iter().any(|o| o.trim() == "*");
+    let refuse = |detail: String| Err(ApiError::new(GATEWAY_ID, StatusCode::FORBIDDEN, detail));
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let text = origin.to_str().unwrap_or("<not text>");
+        if trusted_origin(text, headers, uri, cors_origins) || public {
+            return Ok(());
         }
+        return refuse(if cookie {
+            format!(
+                "cross-origin request from {text} refused: the micro-token cookie is accepted only from the gateway's \
+                 own origin or one of --api-cors-origins; send an Authorization header instead"
+            )
+        } else {
+            format!("cross-origin request from {text} refused: it is not one of --api-cors-origins")
+        });
+    }
+    let site = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or_default().trim().to_ascii_lowercase());
+    match site.as_deref() {
+        Some("same-origin" | "none") => Ok(()),
+        None if !cookie => Ok(()),
+        None => refuse(
+            "a request authenticated by the micro-token cookie must show that it comes from the gateway's own origin \
+             or one of --api-cors-origins (an Origin or Sec-Fetch-Site header, as browsers send): send the token \
+             in an Authorization header instead"
+                .to_string(),
+        ),
+        Some(_) if public => Ok(()),
+        Some(site) => refuse(format!(
+            "cross-site request refused (Sec-Fetch-Site: {site}): calls from other sites need an Authorization header"
+        )),
+    }
+}
+
+/// Whether `origin` is the gateway's own (`http://` or `https://` followed by the request's host, as the browser
+/// addressed it) or one of the configured origins (`*` is not a trust).
+fn trusted_origin(origin: &str, headers: &HeaderMap, uri: &http::Uri, cors_origins: &[String]) -> bool {
+    if configured(cors_origins, origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
+    let Some(host) = host.map(str::trim).filter(|h| !h.is_empty()) else { return false };
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let strip = |h: &str| h.strip_suffix(default_port).unwrap_or(h).to_ascii_lowercase();
+    strip(rest) == strip(host)
+}
+
+/// Whether `origin` is one of `cors_origins` (ignoring case and a trailing `/`).
+fn configured(cors_origins: &[String], origin: &str) -> bool {
+    cors_origins.iter().any(|a| {
+        let a = a.trim().trim_end_matches('/');
+        a != "*" && a.eq_ignore_ascii_case(origin)
+    })
+}
+
+/// The CORS answer to a request's origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cors {
+    /// No CORS headers.
+    None,
+    /// `Access-Control-Allow-Origin: *`, without credentials (`*` is configured).
+    Any,
+    /// The origin echoed, with `Access-Control-Allow-Credentials: true` (a configured origin).
+    Origin(HeaderValue),
+}
+
+/// `rsp` with the CORS headers (reference §5.5) of a request whose origin got `allowed`, each unless already set.
+fn cors(mut rsp: Response, allowed: Cors) -> Response {
+    let headers = rsp.headers_mut();
+    let (origin, credentials) = match allowed {
+        Cors::None => return rsp,
+        Cors::Any => (HeaderValue::from_static("*"), false),
+        Cors::Origin(origin) => (origin, true),
+    };
+    let mut set = |name: header::HeaderName, value: HeaderValue| {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    };
+    set(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if credentials {
+        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    set(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, PATCH, GET, OPTIONS, PUT, DELETE"));
+    set(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token, Authorization, Micro-Namespace",
+        ),
+    );
+    if credentials {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
     rsp
 }
 
-/// The `Access-Control-Allow-Origin` value for a request from `origin`, or `None` when it is not allowed.
-fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
-        return Some(origin.cloned().unwrap_or(HeaderValue::from_static("*")));
+/// The CORS answer to a request from `origin`: its own echo, with credentials, when it is one of `allowed`; `*`
+/// without credentials when `allowed` has `*`; else none (the default, with nothing configured).
+fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Cors {
+    if let Some(origin) = origin
+        && let Ok(text) = origin.to_str()
+        && configured(allowed, text)
+    {
+        return Cors::Origin(origin.clone());
     }
-    let origin = origin?;
-    let text = origin.to_str().ok()?;
-    allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(text)).then(|| origin.clone())
+    if allowed.iter().any(|a| a.trim() == "*") { Cors::Any } else { Cors::None }
 }

@@ -347,9 +347,10 @@ async fn client_and_bidi_streams_take_ndjson() {
     assert_eq!(lines[1]["stroke"], "2");
     assert_eq!(lines[0]["note"], "Bearer t0k|micro|echo");
 
-    // The micro-token cookie stands in for a missing Authorization header.
+    // The micro-token cookie stands in for a missing Authorization header (from the gateway's own origin).
     let mut r = req(Method::POST, "/echo/chat", "{}");
     r.headers_mut().insert(header::COOKIE, HeaderValue::from_static("a=b; micro-token=c00k1e"));
+    r.headers_mut().insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
     let text = text_of(send(&h, r).await).await;
     let line: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(line["note"], "Bearer c00k1e|micro|echo");
@@ -357,40 +358,181 @@ async fn client_and_bidi_streams_take_ndjson() {
 
 #[tokio::test]
 async fn cors_and_root() {
+    let preflight = |origin: &'static str| {
+        http::Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/registry/list-services")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // By default, no origin gets CORS headers: browsers let no other origin read answers.
     let h = harness(GatewayConfig::default()).await;
-    let preflight = http::Request::builder()
-        .method(Method::OPTIONS)
-        .uri("/registry/list-services")
-        .header(header::ORIGIN, "https://app.example")
-        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .body(Body::empty())
-        .unwrap();
-    let rsp = send(&h, preflight).await;
+    let rsp = send(&h, preflight("https://app.example")).await;
     assert_eq!(rsp.status(), StatusCode::OK);
-    let headers = rsp.headers();
-    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
-    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
-    assert!(headers[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().contains("Micro-Namespace"));
-    assert!(headers[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap().contains("POST"));
+    for name in [header::ACCESS_CONTROL_ALLOW_ORIGIN, header::ACCESS_CONTROL_ALLOW_CREDENTIALS] {
+        assert!(rsp.headers().get(&name).is_none(), "{name}: {:?}", rsp.headers());
+    }
     assert_eq!(text_of(rsp).await, "");
 
     let rsp = send(&h, req(Method::GET, "/", "")).await;
-    assert_eq!(rsp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert!(rsp.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     let (status, body) = json_of(rsp).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["version"], crate::VERSION);
     assert_eq!(send(&h, req(Method::GET, "/favicon.ico", "")).await.status(), StatusCode::OK);
 
-    // Configured origins: others get no CORS headers.
+    // Configured origins get CORS with credentials; others get no CORS headers.
     let h = harness(GatewayConfig { cors_origins: vec!["https://ok.example".into()] }).await;
-    let with_origin = |o: &'static str| {
-        http::Request::builder().method(Method::OPTIONS).uri("/").header(header::ORIGIN, o).body(Body::empty()).unwrap()
-    };
-    let rsp = send(&h, with_origin("https://ok.example")).await;
-    assert_eq!(rsp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://ok.example");
-    assert_eq!(rsp.headers()[header::VARY], "Origin");
-    let rsp = send(&h, with_origin("https://evil.example")).await;
+    let rsp = send(&h, preflight("https://ok.example")).await;
+    let headers = rsp.headers();
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://ok.example");
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    assert_eq!(headers[header::VARY], "Origin");
+    assert!(headers[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().contains("Micro-Namespace"));
+    assert!(headers[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap().contains("POST"));
+    let rsp = send(&h, preflight("https://evil.example")).await;
     assert!(rsp.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+
+    // `*`: any origin may read, without credentials; configured origins still get them.
+    let h = harness(GatewayConfig { cors_origins: vec!["*".into(), "https://ok.example".into()] }).await;
+    let rsp = send(&h, preflight("https://evil.example")).await;
+    assert_eq!(rsp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert!(rsp.headers().get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+    let rsp = send(&h, preflight("https://ok.example")).await;
+    assert_eq!(rsp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://ok.example");
+    assert_eq!(rsp.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+}
+
+/// A request to `uri` with the given headers and body.
+fn with_headers(method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> http::Request<Body> {
+    let mut r = http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        r = r.header(*name, *value);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+#[tokio::test]
+async fn only_json_bodies_are_read_as_json() {
+    let h = harness(GatewayConfig::default()).await;
+    let get = r#"{"service":"echo"}"#;
+    // A cross-site "simple" request's types are refused with a 415 that names the type to send.
+    for ty in ["text/plain", "text/plain;charset=UTF-8", "multipart/form-data; boundary=x", "application/grpc"] {
+        let r = with_headers(Method::POST, "/registry/get-service", &[("content-type", ty)], get);
+        let (status, body) = json_of(send(&h, r).await).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ty}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains("Content-Type: application/json"), "{ty}: {body}");
+    }
+    // A body without a type is refused too (a Blob without a type is a "simple" request), an empty one is not.
+    let (status, body) = json_of(send(&h, with_headers(Method::POST, "/registry/get-service", &[], get)).await).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("no Content-Type"), "{body}");
+    let r = with_headers(Method::POST, "/registry/get-service?service=echo", &[], "");
+    assert_eq!(send(&h, r).await.status(), StatusCode::OK);
+    // JSON types are read.
+    for ty in ["application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json"] {
+        let r = with_headers(Method::POST, "/registry/get-service", &[("content-type", ty)], get);
+        let (status, body) = json_of(send(&h, r).await).await;
+        assert_eq!((status, &body["services"][0]["name"]), (StatusCode::OK, &json!("echo")), "{ty}: {body}");
+    }
+    let r = with_headers(Method::POST, "/echo/sum", &[("content-type", "application/x-ndjson")], "{\"stroke\":2}\n");
+    assert_eq!(json_of(send(&h, r).await).await.1["stroke"], "2");
+    // Forms are read only with an Authorization header, never with the cookie alone.
+    let form = &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "Bearer t")];
+    let r = with_headers(Method::POST, "/registry/get-service", form, "service=echo");
+    let (status, body) = json_of(send(&h, r).await).await;
+    assert_eq!((status, &body["services"][0]["name"]), (StatusCode::OK, &json!("echo")), "{body}");
+    let cookie_form = &[
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("cookie", "micro-token=t"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let r = with_headers(Method::POST, "/registry/get-service", cookie_form, "service=echo");
+    let (status, body) = json_of(send(&h, r).await).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("Authorization"), "{body}");
+    // The refusal comes before the path is resolved: a missing service answers the same.
+    let r = with_headers(Method::POST, "/nosuch", &[("content-type", "text/plain")], "{}");
+    assert_eq!(send(&h, r).await.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn cookie_calls_must_come_from_a_trusted_origin() {
+    let h = harness(GatewayConfig { cors_origins: vec!["https://ok.example".into()] }).await;
+    let chat = |headers: &[(&str, &str)]| {
+        let mut all = vec![("content-type", "application/json"), ("host", "127.0.0.1:8080")];
+        all.extend_from_slice(headers);
+        with_headers(Method::POST, "/echo/chat", &all, "{}")
+    };
+    let cookie = ("cookie", "micro-token=c00k1e");
+    let refused = |status: StatusCode, body: &Value| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["id"], GATEWAY_ID);
+        body["detail"].as_str().unwrap().to_string()
+    };
+    // A foreign origin, no proof at all, a cross-site fetch (GET included): 403, before the service is reached.
+    let (status, body) = json_of(send(&h, chat(&[cookie, ("origin", "https://evil.example")])).await).await;
+    assert!(refused(status, &body).contains("https://evil.example"), "{body}");
+    let (status, body) = json_of(send(&h, chat(&[cookie])).await).await;
+    assert!(refused(status, &body).contains("Authorization"), "{body}");
+    let get = with_headers(Method::GET, "/echo/chat", &[cookie, ("sec-fetch-site", "cross-site")], "");
+    let (status, body) = json_of(send(&h, get).await).await;
+    refused(status, &body);
+    let (status, body) = json_of(send(&h, chat(&[cookie, ("origin", "null")])).await).await;
+    refused(status, &body);
+    // The gateway's own origin, a configured one, or a browser's same-origin request: the cookie is used.
+    for proof in [
+        ("origin", "http://127.0.0.1:8080"),
+        ("origin", "https://ok.example"),
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-site", "none"),
+    ] {
+        let text = text_of(send(&h, chat(&[cookie, proof])).await).await;
+        assert!(text.contains("Bearer c00k1e|micro|echo"), "{proof:?}: {text}");
+    }
+    // An Authorization header needs no proof: a browser sends it cross-origin only after a CORS preflight.
+    let text =
+        text_of(send(&h, chat(&[("authorization", "Bearer t0k"), ("origin", "https://evil.example")])).await).await;
+    assert!(text.contains("Bearer t0k|micro|echo"), "{text}");
+    // Anonymous calls: fine without browser headers, refused from a foreign origin.
+    let (status, _) = json_of(send(&h, req(Method::POST, "/registry/list-services", "{}")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = with_headers(Method::POST, "/registry/list-services", &[("origin", "https://evil.example")], "");
+    assert_eq!(send(&h, r).await.status(), StatusCode::FORBIDDEN);
+    let r = with_headers(Method::GET, "/registry/list-services", &[("sec-fetch-site", "cross-site")], "");
+    assert_eq!(send(&h, r).await.status(), StatusCode::FORBIDDEN);
+    // With `*`, anonymous calls from anywhere are allowed, but the cookie still is not.
+    let h = harness(GatewayConfig { cors_origins: vec!["*".into()] }).await;
+    let r = with_headers(Method::POST, "/registry/list-services", &[("origin", "https://evil.example")], "");
+    assert_eq!(send(&h, r).await.status(), StatusCode::OK);
+    let (status, body) = json_of(send(&h, chat(&[cookie, ("origin", "https://evil.example")])).await).await;
+    refused(status, &body);
+}
+
+#[test]
+fn own_origins() {
+    let uri = http::Uri::from_static("/x");
+    let host = |h: &'static str| {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_static(h));
+        m
+    };
+    let none: &[String] = &[];
+    assert!(trusted_origin("http://127.0.0.1:8080", &host("127.0.0.1:8080"), &uri, none));
+    assert!(trusted_origin("HTTPS://Api.Example", &host("api.example:443"), &uri, none));
+    assert!(trusted_origin("http://api.example", &host("api.example"), &uri, none));
+    assert!(!trusted_origin("http://127.0.0.1:3000", &host("127.0.0.1:8080"), &uri, none));
+    assert!(!trusted_origin("http://evil.example", &host("127.0.0.1:8080"), &uri, none));
+    assert!(!trusted_origin("ftp://127.0.0.1:8080", &host("127.0.0.1:8080"), &uri, none));
+    assert!(!trusted_origin("null", &host("127.0.0.1:8080"), &uri, none));
+    assert!(!trusted_origin("http://127.0.0.1:8080", &HeaderMap::new(), &uri, none));
+    // HTTP/2 has no Host header: the request's authority is used.
+    let h2 = http::Uri::from_static("http://127.0.0.1:8080/x");
+    assert!(trusted_origin("http://127.0.0.1:8080", &HeaderMap::new(), &h2, none));
+    assert!(trusted_origin("https://ok.example", &HeaderMap::new(), &uri, &["https://ok.example/".into()]));
+    assert!(!trusted_origin("https://any.example", &HeaderMap::new(), &uri, &["*".into()]));
 }
 
 #[tokio::test]
@@ -455,6 +597,123 @@ async fn serve_over_tcp_and_shut_down_with_open_streams() {
     done.unwrap().unwrap();
 }
 
+/// Reads `tcp` until the peer closes it (EOF or an error) and returns what arrived, or `None` if it is still open
+/// after `within`.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(out)
+}
+
+#[tokio::test]
+async fn half_open_and_idle_connections_are_closed_but_quiet_streams_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness(GatewayConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let limits =
+        conn::Limits { max_connections: 64, handshake: Duration::from_millis(500), idle: Duration::from_millis(800) };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_limited(
+        listener,
+        h.gateway.clone(),
+        async {
+            let _ = stopped.await;
+        },
+        limits,
+    ));
+    let connect = || tokio::net::TcpStream::connect(address);
+
+    // A watch, quiet for longer than every timeout, is not cut: an event still arrives on it.
+    let watch_opened = tokio::time::Instant::now();
+    let mut watch = connect().await.unwrap();
+    watch
+        .write_all(b"GET /registry/watch?service=late HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), watch.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A partial request line, a bare HTTP/2 preface and a silent connection are closed within the timeouts.
+    let started = std::time::Instant::now();
+    let mut partial = connect().await.unwrap();
+    partial.write_all(b"GET /registry/list-services HT").await.unwrap();
+    let mut preface = connect().await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut silent = connect().await.unwrap();
+    for (name, tcp) in [("partial", &mut partial), ("preface", &mut preface), ("silent", &mut silent)] {
+        assert!(read_until_closed(tcp, Duration::from_secs(5)).await.is_some(), "{name} is closed");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(450), "not before the timeout: {:?}", started.elapsed());
+
+    // A keep-alive connection is closed once idle after its answer.
+    let mut keepalive = connect().await.unwrap();
+    keepalive.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut keepalive, Duration::from_secs(5)).await.expect("closed when idle");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("openapi"), "{answer}");
+
+    // The watch has been quiet for more than twice the idle timeout.
+    tokio::time::sleep_until(watch_opened + Duration::from_secs(2)).await;
+    let core = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+    h.registry.register("micro", record("late", "127.0.0.1:9", &core, "registry.Registry"), Duration::ZERO).unwrap();
+    let mut text = String::new();
+    while !text.contains("\"late\"") {
+        let n = tokio::time::timeout(Duration::from_secs(10), watch.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the watch was closed: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+
+    stop.send(()).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), server).await.expect("shuts down with a stream open");
+    done.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408() {
+    use tokio::io::AsyncWriteExt;
+    let h = harness(GatewayConfig::default()).await;
+    let inner = &h.gateway.inner;
+    let gateway = Gateway {
+        inner: Arc::new(Inner {
+            proxy: inner.proxy.clone(),
+            registry: inner.registry.clone(),
+            resolver: Resolver::new(inner.registry.clone()),
+            config: inner.config.clone(),
+            closing: CancellationToken::new(),
+            issuers: Issuers::default(),
+            body_timeout: Duration::from_millis(300),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let limits = conn::Limits { max_connections: 8, handshake: Duration::from_secs(30), idle: Duration::from_secs(30) };
+    tokio::spawn(serve_limited(listener, gateway, std::future::pending(), limits));
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tcp.write_all(
+        b"POST /registry/get-service HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\nConnection: close\r\n\r\n{\"serv",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(10)).await.expect("answered and closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stopped arriving"), "{answer}");
+}
+
 #[test]
 fn json_bytes_match_the_cli() {
     let schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
@@ -468,12 +727,20 @@ fn json_bytes_match_the_cli() {
 #[test]
 fn origins() {
     let o = HeaderValue::from_static("https://a.example");
-    assert_eq!(allowed_origin(&[], Some(&o)), Some(o.clone()));
-    assert_eq!(allowed_origin(&[], None), Some(HeaderValue::from_static("*")));
-    assert_eq!(allowed_origin(&["https://a.example/".into()], Some(&o)), Some(o.clone()));
-    assert_eq!(allowed_origin(&["https://b.example".into()], Some(&o)), None);
-    assert_eq!(allowed_origin(&["https://b.example".into()], None), None);
-    assert_eq!(allowed_origin(&["*".into()], Some(&o)), Some(o));
+    assert_eq!(allowed_origin(&[], Some(&o)), Cors::None);
+    assert_eq!(allowed_origin(&[], None), Cors::None);
+    assert_eq!(allowed_origin(&["https://a.example/".into()], Some(&o)), Cors::Origin(o.clone()));
+    assert_eq!(allowed_origin(&["HTTPS://A.example".into()], Some(&o)), Cors::Origin(o.clone()));
+    assert_eq!(allowed_origin(&["https://b.example".into()], Some(&o)), Cors::None);
+    assert_eq!(allowed_origin(&["https://b.example".into()], None), Cors::None);
+    assert_eq!(allowed_origin(&["*".into()], Some(&o)), Cors::Any);
+    assert_eq!(allowed_origin(&["*".into()], None), Cors::Any);
+    assert_eq!(allowed_origin(&["*".into(), "https://a.example".into()], Some(&o)), Cors::Origin(o));
+    // `Any` never carries credentials; a configured origin always does.
+    let any = cors(StatusCode::OK.into_response(), Cors::Any);
+    assert_eq!(any.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert!(any.headers().get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+    assert!(cors(StatusCode::OK.into_response(), Cors::None).headers().is_empty());
 }
 
 #[test]

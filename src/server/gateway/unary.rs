@@ -32,6 +32,7 @@ pub(super) async fn call(
     message: &DynamicMessage,
     output: &MessageDescriptor,
     max_message: usize,
+    peer: Option<crate::server::auth::Peer>,
 ) -> Result<DynamicMessage, Status> {
     // The request as tonic's client sends it without compression or deadline.
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -51,6 +52,9 @@ pub(super) async fn call(
     *req.uri_mut() = http::Uri::from(path);
     *req.version_mut() = http::Version::HTTP_2;
     *req.headers_mut() = headers;
+    if let Some(peer) = peer {
+        req.extensions_mut().insert(peer);
+    }
     let rsp = match proxy.clone().call(req).await {
         Ok(rsp) => rsp,
         Err(never) => match never {},

@@ -50,6 +50,8 @@ struct Inner {
     failed: RwLock<HashMap<String, std::time::Instant>>,
     /// Enforces auth on every request when set.
     auth: Option<Arc<Auth>>,
+    /// The server's local credential ([`crate::local_credential`]), when it has one.
+    local_secret: Option<String>,
 }
 
 impl Proxy {
@@ -70,6 +72,7 @@ impl Proxy {
                 next: AtomicUsize::new(0),
                 failed: RwLock::new(HashMap::new()),
                 auth: None,
+                local_secret: None,
             }),
         }
     }
@@ -77,11 +80,19 @@ impl Proxy {
     /// The same proxy, enforcing `auth` on every request: tokens are verified locally and rules evaluated (with
     /// a cache) before a request is served or forwarded. Call it before the proxy is cloned.
     pub fn with_auth(self, auth: Arc<Auth>) -> Self {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.auth = Some(auth);
-                inner
-            }
+        self.configure(|inner| inner.auth = Some(auth))
+    }
+
+    /// The same proxy, taking `secret` as the local credential: a request that carries it in
+    /// [`crate::local_credential::HEADER`] comes from the server's OS user on this machine, and may register
+    /// services. Call it before the proxy is cloned.
+    pub fn with_local_secret(self, secret: String) -> Self {
+        self.configure(|inner| inner.local_secret = Some(secret))
+    }
+
+    fn configure(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
             Err(shared) => Inner {
                 registry: shared.registry.clone(),
                 core: shared.core.clone(),
@@ -90,9 +101,11 @@ impl Proxy {
                 channels: RwLock::new(HashMap::new()),
                 next: AtomicUsize::new(0),
                 failed: RwLock::new(HashMap::new()),
-                auth: Some(auth),
+                auth: shared.auth.clone(),
+                local_secret: shared.local_secret.clone(),
             },
         };
+        change(&mut inner);
         Self { inner: Arc::new(inner) }
     }
 
@@ -213,6 +226,9 @@ impl Proxy {
         let namespace: &str = requested_namespace
             .or_else(|| account.as_ref().map(|a| a.issuer.as_str()))
             .unwrap_or(crate::DEFAULT_NAMESPACE);
+        if requested_namespace.is_some() {
+            crate::namespace::validate(namespace)?;
+        }
 
         // Which service: explicit header, core, the registered owner of the gRPC service, or Micro's convention.
         let (name, core): (Cow<'_, str>, bool) = match explicit {
@@ -236,12 +252,17 @@ impl Proxy {
                         _ => denied,
                     });
                 }
-                let loopback = req
+                let remote = req
                     .extensions()
                     .get::<tonic::transport::server::TcpConnectInfo>()
                     .and_then(|i| i.remote_addr())
-                    .is_some_and(|a| a.ip().is_loopback());
-                Some(loopback)
+                    .or_else(|| req.extensions().get::<crate::server::auth::Peer>().map(|p| p.0))
+                    .map(|a| a.ip());
+                let local = match (&inner.local_secret, header(crate::local_credential::HEADER)) {
+                    (Some(secret), Some(presented)) => crate::local_credential::matches(presented, secret),
+                    _ => false,
+                };
+                Some((remote, local))
             }
             None => None,
         };
@@ -257,20 +278,37 @@ impl Proxy {
                 },
                 None => self.pick(&route.nodes),
             };
-            Some((name.into_owned(), address))
+            Some((name.into_owned(), address, route.owner))
         };
-        if let Some(loopback) = caller {
+        // Decided before `req` changes (the namespace borrows its headers).
+        let (core_caller, strip_token) = match (&caller, &node) {
             // Only core services, served in this process, read the caller; extensions do not cross the network.
-            let caller =
-                node.is_none().then(|| Caller { account: account.clone(), namespace: namespace.into(), loopback });
-            set_account_headers(&mut req, account.as_ref());
-            if let Some(caller) = caller {
-                req.extensions_mut().insert(caller);
+            (Some((remote, local)), None) => {
+                let loopback = remote.is_some_and(|ip| ip.is_loopback());
+                let (local, remote) = (*local, *remote);
+                (Some(Caller { account: account.clone(), namespace: namespace.into(), loopback, local, remote }), false)
             }
+            // The caller's token goes only to a service trusted to act for the caller.
+            (Some(_), Some((name, _, owner))) => {
+                (None, !inner.auth.as_ref().is_some_and(|auth| auth.trusts(owner, namespace, name)))
+            }
+            (None, _) => (None, false),
+        };
+        // Credentials meant for micro server never travel on to a service.
+        const LOCAL_CREDENTIAL: HeaderName = HeaderName::from_static(crate::local_credential::HEADER);
+        req.headers_mut().remove(LOCAL_CREDENTIAL);
+        if caller.is_some() {
+            set_account_headers(&mut req, account.as_ref());
+        }
+        if strip_token {
+            req.headers_mut().remove(http::header::AUTHORIZATION);
+        }
+        if let Some(caller) = core_caller {
+            req.extensions_mut().insert(caller);
         }
         Ok(match node {
             None => Target::Core(req),
-            Some((name, address)) => Target::Node { name, address, req },
+            Some((name, address, _)) => Target::Node { name, address, req },
         })
     }
 }

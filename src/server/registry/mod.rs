@@ -19,6 +19,49 @@ use tokio::sync::broadcast;
 /// The domain that matches every domain in reads.
 pub const WILDCARD_DOMAIN: &str = "*";
 
+/// Node metadata naming the owner of a service: the account that registered it (`id@issuer`), [`LOCAL_OWNER`]
+/// for the local credential, or [`SERVER_OWNER`] for the core services.
+pub const OWNER_KEY: &str = "micro.owner";
+/// The owner of the core services: nobody can add, replace or remove their nodes.
+pub const SERVER_OWNER: &str = "server";
+/// The owner of services registered with the local credential (processes of the server's OS user).
+pub const LOCAL_OWNER: &str = "local";
+
+/// The limits that keep one owner from exhausting the registry; each refusal names the limit.
+pub mod limits {
+    use std::time::Duration;
+
+    /// The longest registration TTL; services re-register (heartbeat) well before it runs out.
+    pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// The largest service record without its nodes and schema: name, version, metadata and endpoints.
+    pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+    /// The largest node: id, address and metadata.
+    pub const MAX_NODE_BYTES: usize = 2 * 1024;
+    /// The largest schema (a serialized FileDescriptorSet).
+    pub const MAX_SCHEMA_BYTES: usize = 4 * 1024 * 1024;
+    /// Nodes of one version of a service.
+    pub const MAX_NODES_PER_VERSION: usize = 64;
+    /// Versions of one service.
+    pub const MAX_VERSIONS: usize = 8;
+    /// Service records (name and version) one owner may hold.
+    pub const MAX_SERVICES_PER_OWNER: usize = 256;
+    /// Nodes one owner may hold.
+    pub const MAX_NODES_PER_OWNER: usize = 1024;
+    /// The bytes of distinct schemas one owner's records may hold.
+    pub const MAX_SCHEMA_BYTES_PER_OWNER: usize = 32 * 1024 * 1024;
+    /// The most a `ListServices` reply carries; the rest follows with `next_page_token`.
+    pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+}
+
+/// Who writes to the registry through its gRPC face, as the registry service established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Writer {
+    /// The owner recorded on the nodes: `id@issuer`, [`LOCAL_OWNER`] or [`SERVER_OWNER`].
+    pub owner: String,
+    /// An administrator of the domain may remove other owners' nodes (never the server's), not add to them.
+    pub admin: bool,
+}
+
 /// What can go wrong in the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -31,6 +74,12 @@ pub enum RegistryError {
     /// No such service.
     #[error("service not found")]
     NotFound,
+    /// The service (or a node of it) belongs to another owner.
+    #[error("{0}")]
+    Denied(String),
+    /// A limit was reached (see [`limits`]).
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// The kind of a registry change.
@@ -105,6 +154,12 @@ pub trait RegistryBackend: Send + Sync + 'static {
     fn watch(&self) -> broadcast::Receiver<Change>;
     /// Removes expired nodes, emitting their changes.
     fn prune(&self);
+    /// Registers like [`register`](Self::register) for `writer`, atomically checking that the service is the
+    /// writer's (or nobody's), and the [`limits`].
+    fn register_as(&self, domain: &str, service: Service, ttl: Duration, writer: &Writer) -> Result<(), RegistryError>;
+    /// Deregisters like [`deregister`](Self::deregister) for `writer`: only the owner, or an administrator for a
+    /// service that is not the server's.
+    fn deregister_as(&self, domain: &str, service: &Service, writer: &Writer) -> Result<(), RegistryError>;
 }
 
 #[derive(Debug)]
@@ -134,6 +189,8 @@ impl Record {
 pub struct Route {
     /// Node addresses with their ids, in a stable order.
     pub nodes: Arc<[(String, String)]>,
+    /// The service's owner ([`OWNER_KEY`]; empty when the server registered it without one).
+    pub owner: Arc<str>,
 }
 
 #[derive(Default)]
@@ -143,8 +200,148 @@ struct State {
     schemas: HashMap<String, Schema>,
     /// domain → name → nodes, for the proxy's hot path (looked up by `&str`, no allocation).
     routes: HashMap<String, HashMap<String, Route>>,
-    /// domain → fully-qualified gRPC service → service name.
+    /// domain → fully-qualified gRPC service → the service name that claimed it first (routing by path).
     grpc_services: HashMap<String, HashMap<String, String>>,
+}
+
+/// The owner of a node ([`OWNER_KEY`]), empty when none was recorded.
+fn owner_of(node: &Node) -> &str {
+    node.metadata.get(OWNER_KEY).map(String::as_str).unwrap_or_default()
+}
+
+/// The gRPC services (`helloworld.Helloworld`) a record declares.
+fn declared_grpc(service: &Service) -> impl Iterator<Item = &str> {
+    service.endpoints.iter().filter_map(|ep| ep.method.trim_start_matches('/').split_once('/').map(|(svc, _)| svc))
+}
+
+impl State {
+    /// The owner of a service name in a domain: the owner of any of its nodes.
+    fn owner(&self, domain: &str, name: &str) -> Option<&str> {
+        let versions = self.domains.get(domain)?.get(name)?;
+        versions.values().flat_map(|r| r.nodes.values()).map(|e| owner_of(&e.node)).next()
+    }
+
+    /// Checks that `writer` may add `service` (its nodes and record) to `domain`, within the [`limits`].
+    fn check_register(&self, domain: &str, service: &Service, writer: &Writer) -> Result<(), RegistryError> {
+        if let Some(owner) = self.owner(domain, &service.name)
+            && owner != writer.owner
+        {
+            let whose = if owner == SERVER_OWNER { "the server (a core service)" } else { "another account" };
+            return Err(RegistryError::Denied(format!(
+                "service {:?} in namespace {domain} is registered by {whose}: choose another name",
+                service.name
+            )));
+        }
+        let versions = self.domains.get(domain).and_then(|s| s.get(&service.name));
+        let record = versions.and_then(|v| v.get(&service.version));
+        if versions.is_some_and(|v| record.is_none() && v.len() >= limits::MAX_VERSIONS) {
+            return Err(RegistryError::Limit(format!(
+                "service {:?} already has {} versions, the most one service may have: deregister one first",
+                service.name,
+                limits::MAX_VERSIONS
+            )));
+        }
+        let new_nodes = service.nodes.iter().filter(|n| record.is_none_or(|r| !r.nodes.contains_key(&n.id))).count();
+        if record.map_or(0, |r| r.nodes.len()) + new_nodes > limits::MAX_NODES_PER_VERSION {
+            return Err(RegistryError::Limit(format!(
+                "service {:?} version {} would have more than {} nodes",
+                service.name,
+                service.version,
+                limits::MAX_NODES_PER_VERSION
+            )));
+        }
+        if new_nodes == 0 && record.is_some() {
+            return Ok(()); // a heartbeat adds nothing to count
+        }
+        let (mut services, mut nodes) = (usize::from(record.is_none()), new_nodes);
+        for record in self.domains.values().flat_map(|s| s.values()).flat_map(|v| v.values()) {
+            let owned = record.nodes.values().filter(|e| owner_of(&e.node) == writer.owner).count();
+            if owned > 0 {
+                services += 1;
+                nodes += owned;
+            }
+        }
+        if services > limits::MAX_SERVICES_PER_OWNER {
+            return Err(RegistryError::Limit(format!(
+                "this owner already holds {} service records, the most one owner may hold: deregister some first",
+                limits::MAX_SERVICES_PER_OWNER
+            )));
+        }
+        if nodes > limits::MAX_NODES_PER_OWNER {
+            return Err(RegistryError::Limit(format!(
+                "this owner already holds {} nodes, the most one owner may hold: deregister some first",
+                limits::MAX_NODES_PER_OWNER
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bytes of the distinct schemas `owner`'s records use, with `extra` (a new schema's hash) counted too.
+    fn schema_bytes_of(&self, owner: &str, extra: Option<(&str, usize)>) -> usize {
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        if let Some((hash, len)) = extra {
+            seen.insert(hash.to_string());
+            total += len;
+        }
+        for record in self.domains.values().flat_map(|s| s.values()).flat_map(|v| v.values()) {
+            if !record.nodes.values().any(|e| owner_of(&e.node) == owner) {
+                continue;
+            }
+            if let Some(hash) = record.service.schema.as_ref().map(|s| &s.hash)
+                && seen.insert(hash.clone())
+            {
+                total += self.schemas.get(hash).map_or(0, |s| s.bytes.len());
+            }
+        }
+        total
+    }
+}
+
+/// Checks the sizes of a registration against the [`limits`] and its TTL; returns the TTL to use.
+pub fn check_sizes(service: &Service) -> Result<(), RegistryError> {
+    use prost::Message;
+    for node in &service.nodes {
+        if node.encoded_len() > limits::MAX_NODE_BYTES {
+            return Err(RegistryError::Limit(format!(
+                "node {:?} is {} bytes, more than the {} a node may have (id, address and metadata)",
+                node.id.chars().take(80).collect::<String>(),
+                node.encoded_len(),
+                limits::MAX_NODE_BYTES
+            )));
+        }
+    }
+    let schema_len = service.schema.as_ref().map_or(0, |s| s.descriptor_set.len());
+    if schema_len > limits::MAX_SCHEMA_BYTES {
+        return Err(RegistryError::Limit(format!(
+            "the schema is {schema_len} bytes, more than the {} a schema may have",
+            limits::MAX_SCHEMA_BYTES
+        )));
+    }
+    let nodes: usize =
+        service.nodes.iter().map(|n| prost::length_delimiter_len(n.encoded_len()) + 1 + n.encoded_len()).sum();
+    let schema =
+        service.schema.as_ref().map_or(0, |s| s.encoded_len() + 2 + prost::length_delimiter_len(s.encoded_len()));
+    let record = service.encoded_len().saturating_sub(nodes + schema);
+    if record > limits::MAX_RECORD_BYTES {
+        return Err(RegistryError::Limit(format!(
+            "the record of {:?} is {record} bytes, more than the {} a record may have (name, version, metadata and endpoints)",
+            service.name.chars().take(80).collect::<String>(),
+            limits::MAX_RECORD_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a requested TTL in seconds: 1 s to [`limits::MAX_TTL`].
+pub fn check_ttl(ttl_secs: i64) -> Result<Duration, RegistryError> {
+    let max = limits::MAX_TTL.as_secs() as i64;
+    if !(1..=max).contains(&ttl_secs) {
+        return Err(RegistryError::Invalid(format!(
+            "ttl must be between 1 and {max} seconds, got {ttl_secs}: register with a TTL and re-register (heartbeat) before it runs out"
+        )));
+    }
+    Ok(Duration::from_secs(ttl_secs as u64))
 }
 
 /// The embedded, in-memory registry.
@@ -216,26 +413,45 @@ impl MemoryRegistry {
     }
 }
 
-/// Recomputes the routing tables and drops schemas no record uses.
-fn reindex(state: &mut State) {
+/// Recomputes the routing tables and drops schemas no record uses. A gRPC service stays claimed by the service
+/// name that claimed it while that service still declares it; `claimant` (the service just registered) claims the
+/// gRPC services it declares that nobody holds. Claims are first come, first served: never by name order.
+fn reindex(state: &mut State, claimant: Option<(&str, &str)>) {
     let mut routes: HashMap<String, HashMap<String, Route>> = HashMap::new();
-    let mut grpc: HashMap<String, HashMap<String, String>> = HashMap::new();
+    let mut declared: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut used = HashSet::new();
     for (domain, services) in &state.domains {
         for (name, versions) in services {
             let mut nodes = Vec::new();
+            let mut owner = "";
             for record in versions.values() {
                 nodes.extend(record.nodes.values().map(|e| (e.node.address.clone(), e.node.id.clone())));
-                for ep in &record.service.endpoints {
-                    if let Some((svc, _)) = ep.method.trim_start_matches('/').split_once('/') {
-                        grpc.entry(domain.clone()).or_default().entry(svc.to_string()).or_insert_with(|| name.clone());
-                    }
+                if let Some(e) = record.nodes.values().next() {
+                    owner = owner_of(&e.node);
+                }
+                for svc in declared_grpc(&record.service) {
+                    declared.insert((domain.as_str(), svc, name.as_str()));
                 }
                 if let Some(s) = &record.service.schema {
                     used.insert(s.hash.clone());
                 }
             }
-            routes.entry(domain.clone()).or_default().insert(name.clone(), Route { nodes: nodes.into() });
+            routes
+                .entry(domain.clone())
+                .or_default()
+                .insert(name.clone(), Route { nodes: nodes.into(), owner: owner.into() });
+        }
+    }
+    let mut grpc = std::mem::take(&mut state.grpc_services);
+    for (domain, claims) in grpc.iter_mut() {
+        claims.retain(|svc, name| declared.contains(&(domain.as_str(), svc.as_str(), name.as_str())));
+    }
+    grpc.retain(|_, claims| !claims.is_empty());
+    if let Some((domain, name)) = claimant {
+        for (d, svc, n) in &declared {
+            if *d == domain && *n == name {
+                grpc.entry(domain.to_string()).or_default().entry(svc.to_string()).or_insert_with(|| name.to_string());
+            }
         }
     }
     state.routes = routes;
@@ -262,9 +478,20 @@ fn version_or_latest(v: &str) -> String {
     if v.is_empty() { "latest".to_string() } else { v.to_string() }
 }
 
-impl RegistryBackend for MemoryRegistry {
-    fn register(&self, domain: &str, mut service: Service, ttl: Duration) -> Result<(), RegistryError> {
+impl MemoryRegistry {
+    /// Registers `service`; with a `writer`, checks ownership and limits under the same lock as the change and
+    /// records the writer as the owner of the nodes (whatever owner the request claimed).
+    fn register_checked(
+        &self,
+        domain: &str,
+        mut service: Service,
+        ttl: Duration,
+        writer: Option<&Writer>,
+    ) -> Result<(), RegistryError> {
         validate(&service)?;
+        if writer.is_some() {
+            check_sizes(&service)?;
+        }
         let domain = domain_or_default(domain).to_string();
         if domain == WILDCARD_DOMAIN {
             return Err(RegistryError::Invalid("cannot register in the wildcard domain".into()));
@@ -285,11 +512,36 @@ impl RegistryBackend for MemoryRegistry {
             }
             _ => None,
         };
+        if let Some(w) = writer {
+            for node in &mut service.nodes {
+                node.metadata.insert(OWNER_KEY.to_string(), w.owner.clone());
+            }
+        }
         let nodes = std::mem::take(&mut service.nodes);
-        let expires = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+        let expires = if ttl.is_zero() {
+            None
+        } else {
+            let at = Instant::now().checked_add(ttl.min(limits::MAX_TTL));
+            Some(at.ok_or_else(|| RegistryError::Invalid(format!("ttl {ttl:?} is too long")))?)
+        };
         let mut changes = Vec::new();
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = writer {
+                let mut probe = service.clone();
+                probe.nodes = nodes.clone();
+                state.check_register(&domain, &probe, w)?;
+                if let Some(schema) = &schema
+                    && !state.schemas.contains_key(&schema.hash)
+                    && state.schema_bytes_of(&w.owner, Some((&schema.hash, schema.bytes.len())))
+                        > limits::MAX_SCHEMA_BYTES_PER_OWNER
+                {
+                    return Err(RegistryError::Limit(format!(
+                        "this owner's schemas would take more than {} bytes: deregister services it no longer runs",
+                        limits::MAX_SCHEMA_BYTES_PER_OWNER
+                    )));
+                }
+            }
             if let Some(schema) = schema {
                 service.schema = Some(SchemaMsg { hash: schema.hash.clone(), descriptor_set: Default::default() });
                 state.schemas.entry(schema.hash.clone()).or_insert(schema);
@@ -328,6 +580,7 @@ impl RegistryBackend for MemoryRegistry {
                     }
                 }
             }
+            let name = record.service.name.clone();
             if let Some(action) = action {
                 changes.push(Change {
                     action,
@@ -336,14 +589,33 @@ impl RegistryBackend for MemoryRegistry {
                     removed: Vec::new(),
                     timestamp: now_unix(),
                 });
-                reindex(&mut state);
+                reindex(&mut state, Some((&domain, &name)));
+            } else {
+                // A heartbeat: claim the gRPC services that nobody holds any more (their claimant left).
+                let unclaimed = {
+                    let claims = state.grpc_services.get(&domain);
+                    let versions = state.domains.get(&domain).and_then(|s| s.get(&name));
+                    versions
+                        .into_iter()
+                        .flat_map(|v| v.values())
+                        .any(|r| declared_grpc(&r.service).any(|svc| claims.is_none_or(|c| !c.contains_key(svc))))
+                };
+                if unclaimed {
+                    reindex(&mut state, Some((&domain, &name)));
+                }
             }
         }
         self.emit(changes);
         Ok(())
     }
 
-    fn deregister(&self, domain: &str, service: &Service) -> Result<(), RegistryError> {
+    /// Deregisters nodes; with a `writer`, only the owner's, or any but the server's for an administrator.
+    fn deregister_checked(
+        &self,
+        domain: &str,
+        service: &Service,
+        writer: Option<&Writer>,
+    ) -> Result<(), RegistryError> {
         let domain = domain_or_default(domain).to_string();
         let version = version_or_latest(&service.version);
         let mut changes = Vec::new();
@@ -353,6 +625,16 @@ impl RegistryBackend for MemoryRegistry {
                 return Err(RegistryError::NotFound);
             };
             let Some(record) = versions.get_mut(&version) else { return Err(RegistryError::NotFound) };
+            if let Some(w) = writer
+                && let Some(owner) = record.nodes.values().map(|e| owner_of(&e.node)).next()
+                && owner != w.owner
+                && (!w.admin || owner == SERVER_OWNER || owner.is_empty())
+            {
+                return Err(RegistryError::Denied(format!(
+                    "service {:?} in namespace {domain} is not yours to deregister",
+                    service.name
+                )));
+            }
             let mut removed = Vec::new();
             for node in &service.nodes {
                 if let Some(e) = record.nodes.remove(&node.id) {
@@ -371,10 +653,28 @@ impl RegistryBackend for MemoryRegistry {
             };
             changes.push(Change { action, domain: domain.clone(), service: snapshot, removed, timestamp: now_unix() });
             cleanup(&mut state);
-            reindex(&mut state);
+            reindex(&mut state, None);
         }
         self.emit(changes);
         Ok(())
+    }
+}
+
+impl RegistryBackend for MemoryRegistry {
+    fn register(&self, domain: &str, service: Service, ttl: Duration) -> Result<(), RegistryError> {
+        self.register_checked(domain, service, ttl, None)
+    }
+
+    fn register_as(&self, domain: &str, service: Service, ttl: Duration, writer: &Writer) -> Result<(), RegistryError> {
+        self.register_checked(domain, service, ttl, Some(writer))
+    }
+
+    fn deregister(&self, domain: &str, service: &Service) -> Result<(), RegistryError> {
+        self.deregister_checked(domain, service, None)
+    }
+
+    fn deregister_as(&self, domain: &str, service: &Service, writer: &Writer) -> Result<(), RegistryError> {
+        self.deregister_checked(domain, service, Some(writer))
     }
 
     fn get(&self, domain: &str, name: &str) -> Vec<Service> {
@@ -453,7 +753,7 @@ impl RegistryBackend for MemoryRegistry {
                 }
             }
             cleanup(&mut state);
-            reindex(&mut state);
+            reindex(&mut state, None);
         }
         for c in &changes {
             tracing::info!(service = %c.service.name, domain = %c.domain, nodes = ?c.removed, "registration expired");
@@ -469,6 +769,9 @@ fn cleanup(state: &mut State) {
     }
     state.domains.retain(|_, services| !services.is_empty());
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -547,5 +850,107 @@ mod tests {
         let mut s = svc("a", "a-1");
         s.nodes[0].address.clear();
         assert!(matches!(r.register("micro", s, Duration::ZERO), Err(RegistryError::Invalid(_))));
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+    use crate::proto::registry::{Endpoint, Node};
+
+    fn writer(owner: &str) -> Writer {
+        Writer { owner: owner.into(), admin: false }
+    }
+
+    fn svc(name: &str, node: &str, address: &str, grpc: &str) -> Service {
+        Service {
+            name: name.into(),
+            endpoints: vec![Endpoint { name: "X.Call".into(), method: format!("/{grpc}/Call"), ..Default::default() }],
+            nodes: vec![Node { id: node.into(), address: address.into(), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_service_name_belongs_to_its_first_owner() {
+        let r = MemoryRegistry::new();
+        r.register_as("micro", svc("hello", "h-1", "127.0.0.1:1", "hello.Hello"), TTL, &writer("svc@micro")).unwrap();
+        // Another owner can neither add a node, nor replace the node under its id, nor remove it.
+        for attempt in [svc("hello", "evil-1", "127.0.0.1:2", "x.X"), svc("hello", "h-1", "127.0.0.1:2", "x.X")] {
+            let err = r.register_as("micro", attempt, TTL, &writer(LOCAL_OWNER)).unwrap_err();
+            assert!(matches!(err, RegistryError::Denied(_)), "{err}");
+        }
+        let err = r.deregister_as("micro", &svc("hello", "h-1", "", ""), &writer(LOCAL_OWNER)).unwrap_err();
+        assert!(matches!(err, RegistryError::Denied(_)), "{err}");
+        assert_eq!(r.route("micro", "hello").unwrap().nodes.len(), 1);
+        assert_eq!(r.route("micro", "hello").unwrap().nodes[0].0, "127.0.0.1:1");
+        // The owner recorded is the writer, whatever the request claimed.
+        let mut forged = svc("other", "o-1", "127.0.0.1:3", "o.O");
+        forged.nodes[0].metadata.insert(OWNER_KEY.into(), "svc@micro".into());
+        r.register_as("micro", forged, TTL, &writer(LOCAL_OWNER)).unwrap();
+        assert_eq!(&*r.route("micro", "other").unwrap().owner, LOCAL_OWNER);
+        // An administrator may remove another owner's nodes, but not the server's.
+        let admin = Writer { owner: "admin@micro".into(), admin: true };
+        r.deregister_as("micro", &svc("other", "o-1", "", ""), &admin).unwrap();
+        let mut core = svc("store", "s-1", "127.0.0.1:4", "store.Store");
+        core.nodes[0].metadata.insert(OWNER_KEY.into(), SERVER_OWNER.into());
+        r.register("micro", core, Duration::ZERO).unwrap();
+        assert!(r.deregister_as("micro", &svc("store", "s-1", "", ""), &admin).is_err());
+        assert!(r.register_as("micro", svc("store", "s-2", "127.0.0.1:5", "x.Y"), TTL, &admin).is_err());
+    }
+
+    #[test]
+    fn a_grpc_service_is_routed_to_the_service_that_claimed_it_first() {
+        let r = MemoryRegistry::new();
+        r.register_as("micro", svc("zed", "z-1", "127.0.0.1:1", "hello.Hello"), TTL, &writer("a@micro")).unwrap();
+        // A later service declaring the same gRPC service, even with a name that sorts first, does not take it.
+        r.register_as("micro", svc("aaa", "a-1", "127.0.0.1:2", "hello.Hello"), TTL, &writer("b@micro")).unwrap();
+        assert_eq!(r.service_for_grpc("micro", "hello.Hello").as_deref(), Some("zed"));
+        r.register_as("micro", svc("aaa", "a-1", "127.0.0.1:2", "hello.Hello"), TTL, &writer("b@micro")).unwrap();
+        assert_eq!(r.service_for_grpc("micro", "hello.Hello").as_deref(), Some("zed"));
+        // When the claimant leaves, the next registration of a declarer claims it.
+        r.deregister_as("micro", &svc("zed", "z-1", "", ""), &writer("a@micro")).unwrap();
+        assert_eq!(r.service_for_grpc("micro", "hello.Hello"), None);
+        r.register_as("micro", svc("aaa", "a-1", "127.0.0.1:2", "hello.Hello"), TTL, &writer("b@micro")).unwrap();
+        assert_eq!(r.service_for_grpc("micro", "hello.Hello").as_deref(), Some("aaa"));
+    }
+
+    #[test]
+    fn limits_are_enforced_with_a_clear_error() {
+        let r = MemoryRegistry::new();
+        let mut big = svc("big", "b-1", "127.0.0.1:1", "b.B");
+        big.nodes[0].metadata.insert("pad".into(), "x".repeat(limits::MAX_NODE_BYTES));
+        let err = r.register_as("micro", big, TTL, &writer("a@micro")).unwrap_err();
+        assert!(err.to_string().contains("bytes"), "{err}");
+        let mut big = svc("big", "b-1", "127.0.0.1:1", "b.B");
+        big.metadata.insert("pad".into(), "x".repeat(limits::MAX_RECORD_BYTES + 1));
+        assert!(matches!(r.register_as("micro", big, TTL, &writer("a@micro")), Err(RegistryError::Limit(_))));
+        for i in 0..limits::MAX_SERVICES_PER_OWNER {
+            r.register_as(
+                "micro",
+                svc(&format!("s{i}"), &format!("n{i}"), "127.0.0.1:1", "s.S"),
+                TTL,
+                &writer("a@micro"),
+            )
+            .unwrap();
+        }
+        let err =
+            r.register_as("micro", svc("one-more", "n", "127.0.0.1:1", "s.S"), TTL, &writer("a@micro")).unwrap_err();
+        assert!(matches!(err, RegistryError::Limit(_)), "{err}");
+        // Another owner is not held back by the first one's records.
+        r.register_as("micro", svc("one-more", "n", "127.0.0.1:1", "s.S"), TTL, &writer("b@micro")).unwrap();
+    }
+
+    #[test]
+    fn ttls_are_checked_and_never_overflow() {
+        assert!(check_ttl(0).is_err());
+        assert!(check_ttl(-1).is_err());
+        assert!(check_ttl(i64::MAX).is_err());
+        assert_eq!(check_ttl(90).unwrap(), Duration::from_secs(90));
+        // The backend caps what trusted callers pass instead of overflowing `Instant`.
+        let r = MemoryRegistry::new();
+        r.register("micro", svc("a", "a-1", "127.0.0.1:1", "a.A"), Duration::from_secs(u64::MAX)).unwrap();
     }
 }

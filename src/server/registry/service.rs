@@ -1,6 +1,6 @@
 //! The registry's gRPC face: validates and translates requests for the [`RegistryBackend`].
 
-use super::{RegistryBackend, RegistryError, WILDCARD_DOMAIN};
+use super::{LOCAL_OWNER, RegistryBackend, RegistryError, WILDCARD_DOMAIN, Writer, limits};
 use crate::proto::registry::{
     EmptyResponse, GetRequest, GetResponse, GetSchemaRequest, ListRequest, ListResponse, Options,
     Result as WatchResult, Schema as SchemaMsg, Service, WatchRequest, registry_server::Registry,
@@ -8,14 +8,12 @@ use crate::proto::registry::{
 use crate::server::auth::Caller;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
 /// The metadata key that carries the caller's namespace.
 pub const NAMESPACE_HEADER: &str = "micro-namespace";
-/// Node metadata naming the account that registered the node (empty for the anonymous local loop).
-pub const OWNER_KEY: &str = "micro.owner";
+pub use super::OWNER_KEY;
 
 /// The gRPC registry service over a backend.
 #[derive(Clone)]
@@ -38,14 +36,19 @@ impl<B: RegistryBackend> RegistryService<B> {
     }
 
     /// Checks every request against the caller the proxy verified: reads of `micro` are public, other domains
-    /// need an account of that namespace, and registration needs an administrator or service account of the
-    /// domain, or an anonymous caller on the loopback interface (the local development loop).
+    /// need an account of that namespace, and registration needs the local credential (a process of the server's
+    /// OS user on this machine), an administrator or service account of the domain, or a service account scoped
+    /// to that one service (`service:<name>`). A service name belongs to whoever registered it first (see
+    /// [`RegistryBackend::register_as`]).
     pub fn with_auth(mut self) -> Self {
         self.enforce = true;
         self
     }
 
     fn check_read<T>(&self, req: &Request<T>, domain: &str) -> Result<(), Status> {
+        if domain != WILDCARD_DOMAIN {
+            crate::namespace::validate(domain)?;
+        }
         if !self.enforce || domain == crate::DEFAULT_NAMESPACE {
             return Ok(());
         }
@@ -58,37 +61,49 @@ impl<B: RegistryBackend> RegistryService<B> {
         Ok(())
     }
 
-    /// Checks that the caller may register or deregister `service`'s nodes in `domain`, and returns the owner to
-    /// record on its nodes. A node belongs to whoever registered it: nobody else but an administrator may replace
-    /// or remove it.
-    fn check_write(&self, req: &Request<Service>, domain: &str) -> Result<Option<String>, Status> {
+    /// Checks that the caller may register or deregister `service`'s nodes in `domain`, and returns who writes.
+    fn writer(&self, req: &Request<Service>, domain: &str) -> Result<Writer, Status> {
+        crate::namespace::validate(domain)?;
+        let name = &req.get_ref().name;
         if !self.enforce {
-            return Ok(None);
+            return Ok(Writer { owner: LOCAL_OWNER.into(), admin: true });
         }
         let caller = Caller::of(req);
-        let owner = match &caller.account {
-            None if caller.loopback => String::new(),
-            None => {
-                return Err(Status::unauthenticated(
-                    "registering a service needs a service account (MICRO_AUTH_ID / MICRO_AUTH_SECRET) from a remote host",
-                ));
-            }
-            Some(a) => {
-                caller.require_admin(domain)?;
-                format!("{}@{}", a.id, a.issuer)
-            }
-        };
-        let admin = caller.account.as_ref().is_some_and(|a| a.administers(domain));
-        let wanted: Vec<&str> = req.get_ref().nodes.iter().map(|n| n.id.as_str()).collect();
-        for existing in self.backend.get(domain, &req.get_ref().name) {
-            for node in existing.nodes.iter().filter(|n| wanted.contains(&n.id.as_str())) {
-                let current = node.metadata.get(OWNER_KEY).map(String::as_str).unwrap_or_default();
-                if current != owner && !admin {
-                    return Err(Status::permission_denied(format!("node {} belongs to another account", node.id)));
-                }
+        if crate::server::CORE_NAMES.contains(&name.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "{name:?} is the name of a core service of micro server: choose another name"
+            )));
+        }
+        for endpoint in &req.get_ref().endpoints {
+            if let Some((grpc, _)) = endpoint.method.trim_start_matches('/').split_once('/')
+                && crate::server::CORE_GRPC.contains(&grpc)
+            {
+                return Err(Status::permission_denied(format!(
+                    "gRPC service {grpc} is served by micro server itself: a service cannot declare it"
+                )));
             }
         }
-        Ok(Some(owner))
+        if let Some(account) = &caller.account {
+            let admin = account.administers(domain);
+            let own_service = account.kind == "service"
+                && account.issuer == domain
+                && account.scopes.iter().any(|s| s.strip_prefix("service:") == Some(name.as_str()));
+            if !admin && !own_service {
+                return Err(Status::permission_denied(format!(
+                    "{} may not register services in namespace {domain}: use a service account of the namespace",
+                    account.id
+                )));
+            }
+            return Ok(Writer { owner: format!("{}@{}", account.id, account.issuer), admin });
+        }
+        if caller.local {
+            return Ok(Writer { owner: LOCAL_OWNER.into(), admin: false });
+        }
+        Err(Status::unauthenticated(
+            "registering a service needs credentials: run it as the same OS user as micro server on this machine \
+             (the service library then finds the server's local credential by itself), or give it a service \
+             account (MICRO_AUTH_ID and MICRO_AUTH_SECRET)",
+        ))
     }
 }
 
@@ -111,6 +126,8 @@ impl From<RegistryError> for Status {
             RegistryError::Invalid(m) => Status::invalid_argument(m),
             RegistryError::SchemaUnknown(_) => Status::failed_precondition(e.to_string()),
             RegistryError::NotFound => Status::not_found(e.to_string()),
+            RegistryError::Denied(m) => Status::permission_denied(m),
+            RegistryError::Limit(m) => Status::resource_exhausted(m),
         }
     }
 }
@@ -131,20 +148,12 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn register(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
-        let owner = self.check_write(&req, &domain)?;
-        let ttl = req.get_ref().options.as_ref().map(|o| o.ttl).unwrap_or(0);
-        if ttl < 0 {
-            return Err(Status::invalid_argument(format!("ttl must not be negative, got {ttl}")));
-        }
+        let writer = self.writer(&req, &domain)?;
+        let ttl = super::check_ttl(req.get_ref().options.as_ref().map(|o| o.ttl).unwrap_or(0))?;
         let backend = self.backend.clone();
-        let mut service = req.into_inner();
-        if let Some(owner) = owner {
-            for node in &mut service.nodes {
-                node.metadata.insert(OWNER_KEY.to_string(), owner.clone());
-            }
-        }
+        let service = req.into_inner();
         // Registration decodes descriptor sets: keep that off the async workers.
-        tokio::task::spawn_blocking(move || backend.register(&domain, service, Duration::from_secs(ttl as u64)))
+        tokio::task::spawn_blocking(move || backend.register_as(&domain, service, ttl, &writer))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(EmptyResponse {}))
@@ -152,17 +161,36 @@ impl<B: RegistryBackend> Registry for RegistryService<B> {
 
     async fn deregister(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let domain = domain(&req, req.get_ref().options.as_ref());
-        self.check_write(&req, &domain)?;
-        match self.backend.deregister(&domain, req.get_ref()) {
+        let writer = self.writer(&req, &domain)?;
+        match self.backend.deregister_as(&domain, req.get_ref(), &writer) {
             Ok(()) | Err(RegistryError::NotFound) => Ok(Response::new(EmptyResponse {})),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn list_services(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        use prost::Message;
         let domain = domain(&req, req.get_ref().options.as_ref());
         self.check_read(&req, &domain)?;
-        Ok(Response::new(ListResponse { services: self.backend.list(&domain) }))
+        // Pages of at most `MAX_PAGE_BYTES`, continuing after the (name, version) the token names.
+        let after = req.get_ref().page_token.split_once('\n').map(|(n, v)| (n.to_string(), v.to_string()));
+        let mut services = Vec::new();
+        let mut bytes = 0;
+        let mut next_page_token = String::new();
+        for service in self.backend.list(&domain) {
+            if after.as_ref().is_some_and(|(n, v)| (&service.name, &service.version) <= (n, v)) {
+                continue;
+            }
+            let len = service.encoded_len() + 8;
+            if bytes + len > limits::MAX_PAGE_BYTES && !services.is_empty() {
+                let last: &Service = services.last().expect("not empty");
+                next_page_token = format!("{}\n{}", last.name, last.version);
+                break;
+            }
+            bytes += len;
+            services.push(service);
+        }
+        Ok(Response::new(ListResponse { services, next_page_token }))
     }
 
     type WatchStream = WatchStream;

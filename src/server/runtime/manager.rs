@@ -7,16 +7,17 @@
 //! running. Only one deployment of a service runs at a time.
 
 use super::builder::{self, BuildSettings};
+use super::contain::Containment;
 use super::deploy::Deploy;
 use super::logs::{LOG_MAX_BYTES, LogFile};
 use super::process::{self, Event, Generation, Launch, RunSpec};
-use super::records::{self, Program, Record, Records, Status};
+use super::records::{self, Group, Program, Record, Records, Status};
 use super::source::{self, GitSource, Upload, Uploads};
 use crate::env;
 use crate::proto::runtime::Service as ServiceMsg;
 use crate::server::CoreContext;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +39,9 @@ pub struct Settings {
     pub build: BuildSettings,
     /// How long a stopped process gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Whether each process runs in a cgroup of its own, when the server can create cgroups (see
+    /// [`super::contain`]).
+    pub cgroups: bool,
 }
 
 /// One managed service.
@@ -100,6 +104,8 @@ pub struct Runtime {
     pub settings: Settings,
     /// Uploads waiting for a create or update.
     pub uploads: Uploads,
+    /// How the processes of services are contained and stopped.
+    pub contain: Arc<Containment>,
     records: Arc<Records>,
     write: Arc<Mutex<()>>,
     services: Mutex<BTreeMap<String, Arc<Managed>>>,
@@ -129,12 +135,75 @@ pub enum Fetch {
     Recorded,
 }
 
-/// A valid service or version name: letters, digits, `-`, `_` and `.`, not starting with a dot.
+/// The longest service or version name.
+pub const MAX_NAME: usize = 128;
+
+/// A valid service or version name (both become parts of paths): 1 to [`MAX_NAME`] letters, digits, `-`, `_` and
+/// `.`, not starting with a dot and without `..`; so no `/`, no NUL.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= MAX_NAME
         && !name.starts_with('.')
+        && !name.contains("..")
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `path` with `.` and `..` resolved lexically (a `..` at the top stays where it is).
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `root` joined with `parts`, each of which must be one plain path component (no `/`, not `.` or `..`, no NUL);
+/// an error unless the normalised result is strictly inside the normalised `root`.
+pub fn inside(root: &Path, parts: &[&str]) -> Result<PathBuf, String> {
+    let mut path = root.to_path_buf();
+    for part in parts {
+        if part.is_empty() || *part == "." || *part == ".." || part.contains(['/', '\0']) {
+            return Err(format!("{part:?} cannot be part of a path in the runtime's directory"));
+        }
+        path.push(part);
+    }
+    if within(root, &path) { Ok(path) } else { Err(format!("{} is outside {}", path.display(), root.display())) }
+}
+
+/// Whether `path`, normalised, is strictly inside `root`, normalised.
+pub fn within(root: &Path, path: &Path) -> bool {
+    let (root, path) = (normalise(root), normalise(path));
+    path != root && path.starts_with(&root) && !path.components().any(|c| c == Component::ParentDir)
+}
+
+/// Removes a directory of the runtime (a tree, or binaries) after checking that it is inside `root`; one outside
+/// is left alone, with a warning.
+fn remove_inside(root: &Path, dir: &Path) {
+    if within(root, dir) {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        tracing::warn!(path = %dir.display(), "not removing a directory outside the runtime's");
+    }
+}
+
+/// Checks that a record (perhaps written by an older server, which did not validate) names a valid namespace, name
+/// and version.
+fn check_record(record: &Record) -> Result<(), String> {
+    crate::namespace::validate(&record.namespace).map_err(|e| e.to_string())?;
+    for (what, value) in [("service name", &record.name), ("version", &record.version)] {
+        if !valid_name(value) {
+            return Err(format!("invalid {what} {value:?}"));
+        }
+    }
+    Ok(())
 }
 
 impl Runtime {
@@ -146,10 +215,14 @@ impl Runtime {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let uploads = Uploads::new(settings.root.join("uploads"));
+        let contain = Arc::new(Containment::new(&settings.root, settings.cgroups).await);
+        tracing::info!(containment = %contain.describe(), "the runtime contains each service's processes");
+        ctx.tasks.spawn(contain.clone().reap_orphans(ctx.cancel.clone()));
         Ok(Arc::new(Self {
             ctx,
             settings,
             uploads,
+            contain,
             records: Arc::new(records),
             write: Arc::new(Mutex::new(())),
             services: Mutex::new(BTreeMap::new()),
@@ -158,16 +231,17 @@ impl Runtime {
         }))
     }
 
-    fn log_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.settings.root.join("logs").join(namespace).join(format!("{name}.log"))
+    fn log_path(&self, namespace: &str, name: &str) -> Result<PathBuf, RpcStatus> {
+        inside(&self.settings.root, &["logs", namespace, &format!("{name}.log")]).map_err(RpcStatus::invalid_argument)
     }
 
-    fn managed(&self, record: Record) -> Arc<Managed> {
-        Arc::new(Managed {
+    fn managed(&self, record: Record) -> Result<Arc<Managed>, RpcStatus> {
+        let log = self.log_path(&record.namespace, &record.name)?;
+        Ok(Arc::new(Managed {
             namespace: record.namespace.clone(),
             name: record.name.clone(),
             version: record.version.clone(),
-            log: Arc::new(LogFile::new(self.log_path(&record.namespace, &record.name), LOG_MAX_BYTES)),
+            log: Arc::new(LogFile::new(log, LOG_MAX_BYTES)),
             record: Mutex::new(record),
             removed: self.ctx.cancel.child_token(),
             ops: tokio::sync::Mutex::new(()),
@@ -175,28 +249,41 @@ impl Runtime {
             current: Mutex::new(None),
             generations: Mutex::new(Vec::new()),
             deleted: AtomicBool::new(false),
-        })
+        }))
     }
 
-    /// Brings back every recorded service (after a server restart): stops what the previous server left running,
-    /// then starts each service from its recorded build. A service whose last build failed stays in error.
+    /// Brings back every recorded service (after a server restart): stops what previous servers left running (from
+    /// the records, and every process and cgroup this data dir's previous servers marked, see
+    /// [`Containment::sweep`]), then starts each service from its recorded build. A service whose last build failed
+    /// stays in error. A record with an invalid namespace, name or version (from an older server) is dropped.
     pub async fn restore(self: &Arc<Self>) -> Result<(), String> {
         let records = self.records.clone();
         let all = tokio::task::spawn_blocking(move || records.all())
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        let leftovers: Vec<Group> = all.iter().flat_map(|r| r.groups.iter().cloned()).collect();
+        let mut restored = Vec::new();
         for record in all {
-            let svc = self.managed(record.clone());
-            self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(record.key(), svc.clone());
-            let rt = self.clone();
-            self.ctx.tasks.spawn(async move {
-                let groups = svc.snapshot().groups;
-                process::reap(&groups, rt.settings.grace).await;
-                {
-                    let mut r = svc.record.lock().unwrap_or_else(|e| e.into_inner());
-                    r.groups.clear();
+            let managed =
+                check_record(&record).map_err(RpcStatus::invalid_argument).and_then(|()| self.managed(record.clone()));
+            match managed {
+                Ok(svc) => {
+                    self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(record.key(), svc.clone());
+                    restored.push((record, svc));
                 }
+                Err(e) => {
+                    tracing::warn!(key = %record.key(), error = %e.message(), "dropping an invalid runtime record");
+                    let (records, key) = (self.records.clone(), record.key());
+                    let _ = tokio::task::spawn_blocking(move || records.delete(&key)).await;
+                }
+            }
+        }
+        let rt = self.clone();
+        self.ctx.tasks.spawn(async move {
+            rt.contain.sweep(&leftovers, rt.settings.grace).await;
+            for (record, svc) in restored {
+                svc.record.lock().unwrap_or_else(|e| e.into_inner()).groups.clear();
                 let failed_build = record.program == Program::Cargo
                     && record.status == Status::Error
                     && record.binary.is_none()
@@ -205,13 +292,14 @@ impl Runtime {
                     if record.tree.is_none() {
                         rt.set_error(&svc, "its source was not kept when the server stopped: run it again".into());
                     }
-                    return;
+                    continue;
                 }
                 let deploy = Arc::new(Deploy::new(record.build.clone()));
                 svc.add_deploy(deploy.clone());
-                rt.clone().deploy(svc, deploy, Fetch::Recorded, false).await;
-            });
-        }
+                let deploying = rt.clone();
+                rt.ctx.tasks.spawn(async move { deploying.deploy(svc, deploy, Fetch::Recorded, false).await });
+            }
+        });
         Ok(())
     }
 
@@ -284,14 +372,14 @@ impl Runtime {
         }
     }
 
-    /// Remembers a process group, to stop it after a server crash.
-    pub fn add_group(&self, svc: &Arc<Managed>, group: (i32, u64)) {
+    /// Remembers a process and what finds its descendants, to stop them after a server crash.
+    pub fn add_group(&self, svc: &Arc<Managed>, group: Group) {
         self.update_record(svc, |r| r.groups.push(group));
     }
 
-    /// Forgets a process group that is gone.
-    pub fn remove_group(&self, svc: &Arc<Managed>, group: (i32, u64)) {
-        self.update_record(svc, |r| r.groups.retain(|g| *g != group));
+    /// Forgets a process whose descendants are all gone.
+    pub fn remove_group(&self, svc: &Arc<Managed>, group: &Group) {
+        self.update_record(svc, |r| r.groups.retain(|g| g != group));
     }
 
     /// The services of a namespace.
@@ -339,7 +427,7 @@ impl Runtime {
         let account = self.service_account(&record.namespace, &record.name, &record.version).await?;
         record.account_id = account.0;
         record.account_secret = account.1;
-        let svc = self.managed(record.clone());
+        let svc = self.managed(record.clone())?;
         {
             let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
             if services.contains_key(&record.key()) {
@@ -384,7 +472,8 @@ impl Runtime {
         let record = svc.snapshot();
         let (records, write, auth, svc2) =
             (self.records.clone(), self.write.clone(), self.ctx.auth.clone(), svc.clone());
-        let dirs = [self.tree_root(&record), self.bin_root(&record)];
+        let dirs = [self.tree_root(&record)?, self.bin_root(&record)?];
+        let root = self.settings.root.clone();
         tokio::task::spawn_blocking(move || {
             {
                 let _guard = write.lock().unwrap_or_else(|e| e.into_inner());
@@ -395,7 +484,7 @@ impl Runtime {
                 let _ = auth.delete_account(&record.namespace, &record.account_id);
             }
             for dir in dirs {
-                let _ = std::fs::remove_dir_all(dir);
+                remove_inside(&root, &dir);
             }
             Ok::<(), RpcStatus>(())
         })
@@ -405,15 +494,20 @@ impl Runtime {
         Ok(())
     }
 
-    fn tree_root(&self, r: &Record) -> PathBuf {
-        self.settings.root.join("trees").join(&r.namespace).join(format!("{}@{}", r.name, r.version))
+    /// Where the trees of a service's deployments go: `trees/<namespace>/<name>@<version>`, checked to be inside
+    /// the runtime's directory.
+    fn tree_root(&self, r: &Record) -> Result<PathBuf, RpcStatus> {
+        inside(&self.settings.root, &["trees", &r.namespace, &format!("{}@{}", r.name, r.version)])
+            .map_err(RpcStatus::invalid_argument)
     }
 
-    fn bin_root(&self, r: &Record) -> PathBuf {
-        self.settings.root.join("bin").join(&r.namespace).join(format!("{}@{}", r.name, r.version))
+    /// Where the binaries of a service's deployments go: `bin/<namespace>/<name>@<version>`, checked likewise.
+    fn bin_root(&self, r: &Record) -> Result<PathBuf, RpcStatus> {
+        inside(&self.settings.root, &["bin", &r.namespace, &format!("{}@{}", r.name, r.version)])
+            .map_err(RpcStatus::invalid_argument)
     }
 
-    /// Creates the service account of a service (`<name>-<version>`, type and scope `service`, issued by the
+    /// Creates the service account of a service (`<name>-<version>`, type `service`, scope `service:<name>`, issued by the
     /// namespace), replacing one left from an earlier run; returns its id and secret. When other servers share the
     /// accounts, the id gets a random suffix, so that a server running the same service never replaces the
     /// account (and so the credentials) of another server's copy.
@@ -425,6 +519,7 @@ impl Runtime {
             format!("{name}-{version}")
         };
         let namespace = namespace.to_string();
+        let scope = format!("service:{name}");
         tokio::task::spawn_blocking(move || {
             if let Some(existing) = auth.account(&namespace, &id) {
                 if existing.r#type != "service" {
@@ -436,15 +531,10 @@ impl Runtime {
             }
             let mut metadata = HashMap::new();
             metadata.insert("runtime".to_string(), "true".to_string());
-            let account = auth.create_account(
-                &namespace,
-                &id,
-                &id,
-                "service",
-                vec![crate::server::auth::SERVICE_SCOPE.to_string()],
-                metadata,
-                "",
-            )?;
+            // Rights for its own service only (registering it, and what any account of the namespace may do),
+            // not the `service` scope, which administers the whole namespace.
+            let account =
+                auth.create_account(&namespace, &id, &id, "service", vec![scope], metadata, "")?;
             Ok((account.id, account.secret))
         })
         .await
@@ -488,10 +578,17 @@ impl Runtime {
         let record = svc.snapshot();
         let restore = matches!(fetch, Fetch::Recorded);
         let (tree, build_id) = match fetch {
-            Fetch::Recorded => (record.tree.clone().ok_or("its source was not kept")?, record.build.clone()),
+            Fetch::Recorded => {
+                let tree = record.tree.clone().ok_or("its source was not kept")?;
+                let tree = std::path::absolute(&tree).unwrap_or(tree);
+                if !within(&self.settings.root, &tree) {
+                    return Err(format!("its recorded tree {} is outside the runtime's directory", tree.display()));
+                }
+                (tree, record.build.clone())
+            }
             Fetch::Upload(upload) => {
                 deploy.line(format!("Unpacking the source of {}", svc.name));
-                let tree = self.tree_root(&record).join(&deploy.id);
+                let tree = self.tree_root(&record).map_err(|e| e.message().to_string())?.join(&deploy.id);
                 let (archive, dest) = (upload.path.clone(), tree.clone());
                 tokio::task::spawn_blocking(move || {
                     let unpacked = source::unpack(&archive, &dest);
@@ -505,7 +602,7 @@ impl Runtime {
             }
             Fetch::Git(git) => {
                 deploy.line(format!("Cloning {}", git.url()));
-                let tree = self.tree_root(&record).join(&deploy.id);
+                let tree = self.tree_root(&record).map_err(|e| e.message().to_string())?.join(&deploy.id);
                 if let Some(parent) = tree.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                 }
@@ -522,8 +619,10 @@ impl Runtime {
         }
         let cleanup_new = |rt: &Runtime| {
             if !restore {
-                let _ = std::fs::remove_dir_all(&tree);
-                let _ = std::fs::remove_dir_all(rt.bin_root(&record).join(&deploy.id));
+                remove_inside(&rt.settings.root, &tree);
+                if let Ok(bin) = rt.bin_root(&record) {
+                    remove_inside(&rt.settings.root, &bin.join(&deploy.id));
+                }
             }
         };
         let entry = if record.entrypoint.is_empty() { tree.clone() } else { tree.join(&record.entrypoint) };
@@ -532,6 +631,17 @@ impl Runtime {
                 cleanup_new(&self);
             }
             return Err(format!("the source has no folder {}", record.entrypoint));
+        }
+        // The entrypoint has no `..` (checked by the service), but a symlink of the source could lead elsewhere.
+        let inside_tree = match (entry.canonicalize(), tree.canonicalize()) {
+            (Ok(entry), Ok(tree)) => entry.starts_with(tree),
+            _ => false,
+        };
+        if !inside_tree {
+            if update {
+                cleanup_new(&self);
+            }
+            return Err(format!("the folder {} leads outside the source", record.entrypoint));
         }
         let (launch, registers) = match &record.program {
             Program::Shell(line) => (Launch::Shell(line.clone()), false),
@@ -627,14 +737,22 @@ impl Runtime {
                     svc.generations.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| g.id != old.id);
                 }
                 // The previous tree and binary are no longer used.
+                let mut unused = Vec::new();
                 if let Some(t) = old_record.tree.filter(|t| *t != tree) {
-                    let _ = tokio::fs::remove_dir_all(t).await;
+                    unused.push(t);
                 }
                 if let Some(dir) = old_record.binary.as_deref().and_then(Path::parent)
                     && binary.as_deref().and_then(Path::parent) != Some(dir)
                 {
-                    let _ = tokio::fs::remove_dir_all(dir).await;
+                    unused.push(dir.to_path_buf());
                 }
+                let root = self.settings.root.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for dir in unused {
+                        remove_inside(&root, &dir);
+                    }
+                })
+                .await;
                 Ok(())
             }
             Err(e) => {
@@ -667,7 +785,9 @@ impl Runtime {
         ));
         let _one_at_a_time = self.build_lock.lock().await;
         let built = builder::build(&self.settings.build, &package, deploy).await?;
-        let dest = self.bin_root(record).join(&deploy.id).join(&package.bin);
+        let bin_root = self.bin_root(record).map_err(|e| e.message().to_string())?;
+        let dest = inside(&bin_root, &[&deploy.id, &package.bin])
+            .map_err(|e| format!("cannot keep the binary {}: {e}", package.bin))?;
         let (from, to) = (built.clone(), dest.clone());
         tokio::task::spawn_blocking(move || builder::keep_binary(&from, &to))
             .await
@@ -786,4 +906,29 @@ pub fn new_record(namespace: &str, name: &str, version: &str) -> Record {
 /// The key of a record (re-exported for the service).
 pub fn key(namespace: &str, name: &str, version: &str) -> String {
     records::key(namespace, name, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_requests_stay_inside_the_root() {
+        let root = Path::new("/data/runtime");
+        assert_eq!(inside(root, &["logs", "micro", "x.log"]).unwrap(), Path::new("/data/runtime/logs/micro/x.log"));
+        for bad in [&["logs", "../../x"][..], &["trees", ".."], &["a/b"], &["."], &[""], &["x\0y"], &[]] {
+            assert!(inside(root, bad).is_err(), "{bad:?}");
+        }
+        assert!(within(root, Path::new("/data/runtime/trees/micro/x@latest/1")));
+        for outside in ["/data/runtime", "/data/runtime/../x", "/data/runtime/trees/../../x", "/data", "/etc", "x"] {
+            assert!(!within(root, Path::new(outside)), "{outside}");
+        }
+        assert!(valid_name("a.b-c_1") && !valid_name("a..b") && !valid_name(".a") && !valid_name(&"a".repeat(129)));
+        let mut record = new_record("../../x", "name", "latest");
+        assert!(check_record(&record).unwrap_err().contains("invalid namespace"));
+        record.namespace = "micro".into();
+        assert!(check_record(&record).is_ok());
+        record.version = "../v".into();
+        assert!(check_record(&record).unwrap_err().contains("invalid version"));
+    }
 }

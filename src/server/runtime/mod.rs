@@ -5,15 +5,23 @@
 //! environment a micro service needs (proxy, name, namespace, a service account). It restarts crashed processes
 //! with backoff, keeps their output in rotated log files, registers foreign gRPC services from their reflection,
 //! and records every service durably (`runtime.redb`) so that they come back when the server restarts. When the
-//! server stops, every process it started is stopped.
+//! server stops, every process it started is stopped, and everything those processes started in turn: each process
+//! is contained (a cgroup v2 when the server can create one, else process groups and environment markers; see
+//! [`contain`]), and what a killed server left is stopped by the next one.
+//!
+//! Every path the runtime builds from a request stays inside its directory: namespaces are validated with
+//! [`crate::namespace::validate`], service names and versions with [`manager::valid_name`], joined paths are checked
+//! with [`manager::inside`], and uploads are unpacked without setuid bits, escaping symlinks or `..` entries
+//! ([`source::unpack`]).
 //!
 //! - [`manager`]: services, deployments (create, blue-green update, restore) and records;
-//! - [`process`]: process groups, readiness, restarts with backoff, stopping;
+//! - [`process`]: processes, readiness, restarts with backoff, stopping; [`contain`]: cgroups, markers, subreaper;
 //! - [`builder`]: `cargo build` with progress; [`source`]: uploads, git, packages; [`deploy`]: a deployment's output;
 //! - [`logs`]: log files, tails that seek from the end, followers; [`records`]: the redb store;
 //! - [`foreign`]: gRPC reflection → registry; [`service`]: the gRPC face.
 
 pub mod builder;
+pub mod contain;
 pub mod deploy;
 pub mod foreign;
 pub mod logs;
@@ -24,7 +32,9 @@ pub mod service;
 pub mod source;
 
 use super::{CoreContext, ServerError};
-use crate::env::{MICRO_RUNTIME_CARGO_PROFILE, MICRO_RUNTIME_KILL_GRACE, MICRO_RUNTIME_TARGET_DIR};
+use crate::env::{
+    MICRO_RUNTIME_CARGO_PROFILE, MICRO_RUNTIME_CGROUPS, MICRO_RUNTIME_KILL_GRACE, MICRO_RUNTIME_TARGET_DIR,
+};
 use crate::proto::runtime::{runtime_server::RuntimeServer, source_server::SourceServer};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +51,7 @@ fn start_error(message: impl Into<String>) -> ServerError {
 /// The runtime's settings from the environment, with the data dir's defaults.
 pub fn settings(data_dir: &std::path::Path) -> Result<manager::Settings, ServerError> {
     let root = data_dir.join("runtime");
+    let root = std::path::absolute(&root).map_err(|e| start_error(format!("{}: {e}", root.display())))?;
     let profile = crate::env::var(MICRO_RUNTIME_CARGO_PROFILE).unwrap_or_else(|| DEFAULT_PROFILE.into());
     if !profile.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(start_error(format!("{MICRO_RUNTIME_CARGO_PROFILE}={profile:?} is not a cargo profile name")));
@@ -50,11 +61,17 @@ pub fn settings(data_dir: &std::path::Path) -> Result<manager::Settings, ServerE
     let target_dir = std::path::absolute(&target_dir)
         .map_err(|e| start_error(format!("{MICRO_RUNTIME_TARGET_DIR}={}: {e}", target_dir.display())))?;
     let grace = crate::env::duration(MICRO_RUNTIME_KILL_GRACE, DEFAULT_GRACE).map_err(start_error)?;
+    let cgroups = match crate::env::var(MICRO_RUNTIME_CGROUPS).as_deref() {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(other) => return Err(start_error(format!("{MICRO_RUNTIME_CGROUPS}={other:?}: use auto or off"))),
+    };
     Ok(manager::Settings {
         records: data_dir.join("runtime.redb"),
         root,
         build: builder::BuildSettings { profile, target_dir },
         grace,
+        cgroups,
     })
 }
 

@@ -1,20 +1,23 @@
 //! Processes: start a service's instances, capture their output, tell when they are ready, restart them when they
-//! crash (with backoff), and stop them — the whole process group, SIGTERM then SIGKILL.
+//! crash (with backoff), and stop them — with everything they started, SIGTERM then SIGKILL (see [`super::contain`]).
 //!
-//! Each instance runs in its own process group, with the server's environment minus every `MICRO_*` variable, plus
-//! what the runtime injects (proxy, name, version, namespace, service account) and `MICRO_SERVICE_ADDRESS`, a free
-//! port on 127.0.0.1 picked for it (also in the `--port-env` variable when one is given). An instance is ready
+//! Each instance runs in its own process group (and its own cgroup when the runtime uses cgroups), with the server's
+//! environment minus every `MICRO_*` variable, plus what the runtime injects (proxy, name, version, namespace,
+//! service account, the marker `MICRO_RUNTIME_INSTANCE`) and `MICRO_SERVICE_ADDRESS`, a free port on 127.0.0.1
+//! picked for it (also in the `--port-env` variable when one is given). An instance is ready
 //! when a registry node appears at that address (a micro service registered itself), when its gRPC reflection
 //! answers on that port (a foreign service, which the runtime then registers), or when it has stayed alive long
 //! enough without either ([`READY_GRACE`] for a command, [`REGISTER_WAIT`] for a built service or one with a port).
 
+use super::contain::{self, Prepared};
 use super::foreign;
 use super::logs::{LogFile, MAX_LINE};
 use super::manager::{Managed, Runtime};
-use super::records::Status;
+use super::records::{Group, Status};
 use crate::env;
 use crate::server::registry::RegistryBackend;
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -166,53 +169,42 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Sends `signal` to a process group (errors, such as an empty group, are ignored).
-fn signal_group(pgid: i32, signal: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
-}
-
-/// Stops the process groups of a previous server run that are still alive (the server was killed): SIGTERM, then
-/// SIGKILL after `grace`.
-pub async fn reap(groups: &[(i32, u64)], grace: Duration) {
-    let alive = |&(pgid, started): &(i32, u64)| pgid > 1 && start_time(pgid) == Some(started);
-    let live: Vec<(i32, u64)> = groups.iter().copied().filter(alive).collect();
-    if live.is_empty() {
-        return;
-    }
-    for (pgid, _) in &live {
-        tracing::info!(pgid, "stopping a process group left by the previous server");
-        signal_group(*pgid, nix::sys::signal::Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && live.iter().any(alive) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (pgid, _) in &live {
-        signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-fn spawn(spec: &RunSpec, svc: &Managed, address: &str, port: u16) -> std::io::Result<Child> {
-    let mut cmd = match &spec.launch {
-        Launch::Binary(path) => Command::new(path),
+/// Starts one process of `spec`, contained as `prepared` says (see [`super::contain`]).
+fn spawn(
+    rt: &Runtime,
+    spec: &RunSpec,
+    svc: &Managed,
+    address: &str,
+    port: u16,
+    prepared: &Prepared,
+) -> std::io::Result<Child> {
+    let (program, args): (PathBuf, Vec<OsString>) = match &spec.launch {
+        Launch::Binary(path) => {
+            // Checked here: behind the cgroup's wrapper, a missing binary would only show as an exit code.
+            if !path.is_file() {
+                return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"));
+            }
+            (path.clone(), spec.args.iter().map(OsString::from).collect())
+        }
         Launch::Shell(line) => {
             // Arguments follow the command line as "$@" (only when there are some: the line may be any script).
-            let mut cmd = Command::new("/bin/sh");
+            let mut args: Vec<OsString> = vec!["-c".into()];
             if spec.args.is_empty() {
-                cmd.arg("-c").arg(line);
+                args.push(line.into());
             } else {
-                cmd.arg("-c").arg(format!("{line} \"$@\"")).arg(&svc.name);
+                args.push(format!("{line} \"$@\"").into());
+                args.push(svc.name.clone().into());
+                args.extend(spec.args.iter().map(OsString::from));
             }
-            cmd
+            (PathBuf::from("/bin/sh"), args)
         }
     };
-    cmd.args(&spec.args)
-        .current_dir(&spec.workdir)
+    let mut cmd = rt.contain.command(prepared, &program, &args);
+    cmd.current_dir(&spec.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+        .kill_on_drop(true);
     strip_micro_env(&mut cmd);
     for (k, v) in &spec.env {
         cmd.env(k, v);
@@ -221,6 +213,8 @@ fn spawn(spec: &RunSpec, svc: &Managed, address: &str, port: u16) -> std::io::Re
     if let Some(var) = &spec.port_env {
         cmd.env(var, port.to_string());
     }
+    // Last, so that nothing replaces it.
+    cmd.env(env::MICRO_RUNTIME_INSTANCE, &prepared.marker);
     cmd.spawn()
 }
 
@@ -262,15 +256,18 @@ async fn capture(reader: impl AsyncRead + Unpin, log: Arc<LogFile>, stream: Stri
     }
 }
 
-/// Stops a child's process group: SIGTERM, then SIGKILL after `grace`.
-async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> Option<ExitStatus> {
-    signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            child.wait().await.ok()
-        }
+/// Stops an instance: SIGTERM to every process of it (see [`super::contain`]), up to `grace` for them to exit, then
+/// SIGKILL to what is left. Returns the exit status of its first process (`child`), which it reaps.
+async fn terminate(rt: &Runtime, child: &mut Child, group: &Group, grace: Duration) -> Option<ExitStatus> {
+    let selector = rt.contain.selector(group);
+    let deadline = Instant::now() + grace;
+    contain::terminate(selector.clone()).await;
+    let status = tokio::time::timeout(grace, child.wait()).await.ok().and_then(Result::ok);
+    contain::wait_gone(selector.clone(), deadline).await;
+    contain::kill(selector, Some(group.pgid)).await;
+    match status {
+        Some(status) => Some(status),
+        None => child.wait().await.ok(),
     }
 }
 
@@ -340,8 +337,16 @@ async fn instance(
             .into_iter()
             .flat_map(|s| s.nodes.into_iter().map(|n| n.id))
             .collect();
-        let mut child = match spawn(&spec, &svc, &address, port) {
-            Ok(c) => c,
+        let spawned =
+            rt.contain.prepare().and_then(|prepared| match spawn(&rt, &spec, &svc, &address, port, &prepared) {
+                Ok(child) => Ok((child, prepared)),
+                Err(e) => {
+                    rt.contain.discard(&prepared);
+                    Err(e.to_string())
+                }
+            });
+        let (mut child, prepared) = match spawned {
+            Ok(spawned) => spawned,
             Err(e) => {
                 let what = match &spec.launch {
                     Launch::Binary(p) => p.display().to_string(),
@@ -361,8 +366,14 @@ async fn instance(
             }
         };
         let pid = child.id().map(|p| p as i32).unwrap_or_default();
-        let group = (pid, start_time(pid).unwrap_or_default());
-        rt.add_group(&svc, group);
+        rt.contain.leader(pid, true);
+        let group = Group {
+            pgid: pid,
+            started: start_time(pid).unwrap_or_default(),
+            marker: prepared.marker,
+            cgroup: prepared.cgroup,
+        };
+        rt.add_group(&svc, group.clone());
         note(&format!("started process {pid}, address {address}"));
         let mut captures = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -387,7 +398,7 @@ async fn instance(
                     Ok(status) => break Outcome::Exited(status),
                     Err(e) => {
                         note(&format!("cannot wait for process {pid}: {e}"));
-                        terminate(&mut child, pid, spec.grace).await;
+                        terminate(&rt, &mut child, &group, spec.grace).await;
                         break Outcome::Stopped;
                     }
                 },
@@ -398,7 +409,7 @@ async fn instance(
                         let _ = rt.ctx.registry.deregister(&svc.namespace, &record);
                         tokio::time::sleep(DRAIN).await;
                     }
-                    let status = terminate(&mut child, pid, spec.grace).await;
+                    let status = terminate(&rt, &mut child, &group, spec.grace).await;
                     note(&format!("stopped process {pid}{}", status.map(|s| format!(" ({})", describe(&s))).unwrap_or_default()));
                     break Outcome::Stopped;
                 }
@@ -447,14 +458,19 @@ async fn instance(
             }
         };
 
-        // Whatever happened, nothing of this process may stay: its group, or its registrations.
-        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-        // Its last words reach the log before anyone reads them (bounded: a process that left the group may hold
-        // the pipes open).
+        // Whatever happened, nothing of this process may stay: what it started (wherever it went), its cgroup, or
+        // its registrations.
+        let left = rt.contain.kill(&group, Some(pid)).await;
+        if left > 0 {
+            note(&format!("{left} processes started by process {pid} would not die"));
+        }
+        rt.contain.leader(pid, false);
+        // Its last words reach the log before anyone reads them (bounded: a process stuck in the kernel may hold the
+        // pipes open).
         for task in captures {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
-        rt.remove_group(&svc, group);
+        rt.remove_group(&svc, &group);
         if let Some(record) = foreign.take() {
             let _ = rt.ctx.registry.deregister(&svc.namespace, &record);
         }

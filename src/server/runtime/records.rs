@@ -2,8 +2,8 @@
 //! dir, so that services come back when the server restarts.
 //!
 //! A record holds what the service was asked to be (source, command, environment, instances) and what it became
-//! (status, error, restarts, the build it runs, the process groups it started). Writes are small, each in its own
-//! durable transaction; callers run them off the async workers.
+//! (status, error, restarts, the build it runs, the processes it started and how to find theirs). Writes are small,
+//! each in its own durable transaction; callers run them off the async workers.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -149,8 +149,49 @@ pub struct Record {
     pub account_id: String,
     /// That account's secret.
     pub account_secret: String,
-    /// Process groups it started that may still be alive: (pgid, start time in clock ticks since boot).
-    pub groups: Vec<(i32, u64)>,
+    /// Processes it started that may still be alive, with what finds their descendants (see [`Group`]).
+    pub groups: Vec<Group>,
+}
+
+/// A process the runtime started (an instance), and what finds every process it started in turn, to stop them all
+/// after a server crash (see [`super::contain`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "GroupRepr")]
+pub struct Group {
+    /// Its process group (its pid: it leads the group).
+    pub pgid: i32,
+    /// Its start time, in clock ticks since boot, to tell it from a later process with the same id.
+    pub started: u64,
+    /// The value of `MICRO_RUNTIME_INSTANCE` in its environment (empty in records of older servers).
+    pub marker: String,
+    /// The cgroup it runs in, when the runtime uses cgroups.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A [`Group`] as records store it: the current form, or the `[pgid, started]` pair of older servers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GroupRepr {
+    /// `[pgid, started]`.
+    Pair(i32, u64),
+    /// The fields of a [`Group`].
+    Full {
+        pgid: i32,
+        started: u64,
+        #[serde(default)]
+        marker: String,
+        #[serde(default)]
+        cgroup: Option<PathBuf>,
+    },
+}
+
+impl From<GroupRepr> for Group {
+    fn from(repr: GroupRepr) -> Self {
+        match repr {
+            GroupRepr::Pair(pgid, started) => Group { pgid, started, marker: String::new(), cgroup: None },
+            GroupRepr::Full { pgid, started, marker, cgroup } => Group { pgid, started, marker, cgroup },
+        }
+    }
 }
 
 impl Record {
@@ -247,7 +288,12 @@ mod tests {
             binary: None,
             account_id: "x-latest".into(),
             account_secret: "s".into(),
-            groups: vec![(12, 34)],
+            groups: vec![Group {
+                pgid: 12,
+                started: 34,
+                marker: "k-r-1".into(),
+                cgroup: Some("/sys/fs/cgroup/x".into()),
+            }],
         }
     }
 
@@ -263,6 +309,15 @@ mod tests {
         }
         let records = Records::open(&path).unwrap();
         assert_eq!(records.all().unwrap(), vec![record("b")]);
+    }
+
+    #[test]
+    fn groups_of_older_records_still_read() {
+        let old: Group = serde_json::from_str("[12, 34]").unwrap();
+        assert_eq!(old, Group { pgid: 12, started: 34, marker: String::new(), cgroup: None });
+        let new = record("a").groups[0].clone();
+        let again: Group = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(again, new);
     }
 
     #[test]

@@ -43,24 +43,39 @@ impl RuntimeService {
     }
 }
 
-/// The namespace of a request: the option when given, else the caller's (`micro` by default).
-fn namespace(caller: &Caller, option: &str) -> String {
+/// The namespace of a request: the option when given, else the caller's (`micro` by default); INVALID_ARGUMENT
+/// unless it is a valid namespace ([`crate::namespace::validate`]: it becomes part of paths).
+fn namespace(caller: &Caller, option: &str) -> Result<String, Status> {
     let ns = if option.is_empty() { caller.namespace.as_str() } else { option };
-    if ns.is_empty() { crate::DEFAULT_NAMESPACE.to_string() } else { ns.to_string() }
+    let ns = if ns.is_empty() { crate::DEFAULT_NAMESPACE } else { ns };
+    crate::namespace::validate(ns)?;
+    Ok(ns.to_string())
 }
 
 fn version_or_latest(v: &str) -> String {
     if v.is_empty() { "latest".into() } else { v.to_string() }
 }
 
+/// INVALID_ARGUMENT, naming `what`, unless `name` is a valid service name or version ([`manager::valid_name`]).
 fn check_name(what: &str, name: &str) -> Result<(), Status> {
     if manager::valid_name(name) {
         Ok(())
     } else {
+        let shown: String = name.chars().take(80).collect();
         Err(Status::invalid_argument(format!(
-            "invalid {what} {name:?}: use letters, digits, '-', '_' and '.' (not first)"
+            "invalid {what} {shown:?}: use 1 to {} letters, digits, '-', '_' and '.' (not first, and no '..')",
+            manager::MAX_NAME
         )))
     }
+}
+
+/// Checks the service of a request that names an existing one: its name, and its version when given.
+fn check_service(name: &str, version: &str) -> Result<(), Status> {
+    check_name("service name", name)?;
+    if !version.is_empty() {
+        check_name("version", version)?;
+    }
+    Ok(())
 }
 
 fn check_env(pairs: &[String]) -> Result<(), Status> {
@@ -121,7 +136,7 @@ impl RuntimeApi for RuntimeService {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let options = req.options.unwrap_or_default();
-        let ns = namespace(&caller, &options.namespace);
+        let ns = namespace(&caller, &options.namespace)?;
         let account = caller.require_admin(&ns)?.clone();
         let service = req.service.ok_or_else(|| Status::invalid_argument("the service is missing"))?;
         check_name("service name", &service.name)?;
@@ -167,7 +182,7 @@ impl RuntimeApi for RuntimeService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let caller = Caller::of(&request);
         let options = request.into_inner().options.unwrap_or_default();
-        let ns = namespace(&caller, &options.namespace);
+        let ns = namespace(&caller, &options.namespace)?;
         caller.require_member(&ns)?;
         let mut services: Vec<_> = self
             .rt
@@ -185,9 +200,10 @@ impl RuntimeApi for RuntimeService {
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = namespace(&caller, &req.options.unwrap_or_default().namespace);
+        let ns = namespace(&caller, &req.options.unwrap_or_default().namespace)?;
         caller.require_admin(&ns)?;
         let service = req.service.ok_or_else(|| Status::invalid_argument("the service is missing"))?;
+        check_service(&service.name, &service.version)?;
         let svc = self.rt.find(&ns, &service.name, &service.version)?;
         tracing::info!(service = %svc.name, version = %svc.version, namespace = %ns, "deleting a service");
         self.rt.delete(&svc).await?;
@@ -198,9 +214,10 @@ impl RuntimeApi for RuntimeService {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let options = req.options.unwrap_or_default();
-        let ns = namespace(&caller, &options.namespace);
+        let ns = namespace(&caller, &options.namespace)?;
         caller.require_admin(&ns)?;
         let service = req.service.ok_or_else(|| Status::invalid_argument("the service is missing"))?;
+        check_service(&service.name, &service.version)?;
         let svc = self.rt.find(&ns, &service.name, &service.version)?;
         check_entrypoint(&options.entrypoint)?;
         if !(0..=MAX_INSTANCES).contains(&options.instances) {
@@ -241,10 +258,11 @@ impl RuntimeApi for RuntimeService {
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = namespace(&caller, &req.options.clone().unwrap_or_default().namespace);
+        let ns = namespace(&caller, &req.options.clone().unwrap_or_default().namespace)?;
         if req.service.is_empty() {
             return Err(Status::invalid_argument("the service is missing"));
         }
+        check_service(&req.service, &req.version)?;
         if req.build {
             caller.require_admin(&ns)?;
             let svc = self.rt.find(&ns, &req.service, &req.version)?;
@@ -252,6 +270,13 @@ impl RuntimeApi for RuntimeService {
                 .deploy(&req.build_id)
                 .ok_or_else(|| Status::not_found(format!("{} has no deployment {}", req.service, req.build_id)))?;
             return Ok(Response::new(follow_deploy(deploy, self.rt.ctx.cancel.clone())));
+        }
+        // Who may read logs is checked before whether they exist: a caller of another namespace learns nothing
+        // of this one's services (PERMISSION_DENIED, never NOT_FOUND).
+        if server_log_name(&req.service) {
+            caller.require_admin(crate::DEFAULT_NAMESPACE)?;
+        } else {
+            caller.require_admin(&ns)?;
         }
         let (path, parse, keep, end): (PathBuf, fn(&str) -> Line, Filter, CancellationToken) =
             match self.rt.find(&ns, &req.service, &req.version) {
@@ -281,7 +306,7 @@ impl RuntimeApi for RuntimeService {
             0 => Some(DEFAULT_TAIL),
             n => Some(n.min(1_000_000) as usize),
         };
-        let since = (req.since > 0).then(|| UNIX_EPOCH + Duration::from_secs(req.since as u64));
+        let since = (req.since > 0).then(|| UNIX_EPOCH.checked_add(Duration::from_secs(req.since as u64))).flatten();
         let options = TailOptions { count, since };
         let (tx, rx) = mpsc::channel::<Result<LogRecord, Status>>(256);
         let follow = req.stream;
@@ -412,7 +437,7 @@ fn follow_deploy(deploy: Arc<Deploy>, shutdown: CancellationToken) -> LogStream 
 impl SourceApi for RuntimeService {
     async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<UploadResponse>, Status> {
         let caller = Caller::of(&request);
-        let ns = namespace(&caller, "");
+        let ns = namespace(&caller, "")?;
         caller.require_admin(&ns)?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("the upload is empty"))?;
@@ -467,9 +492,15 @@ mod tests {
     #[test]
     fn input_checks() {
         assert!(check_name("name", "hello-world_1.2").is_ok());
-        for bad in ["", ".x", "a/b", "a b", "../x"] {
+        for bad in ["", ".x", "a/b", "a b", "../x", "a..b", "..", "a\0b", "a\\b", &"a".repeat(129)] {
             assert!(check_name("name", bad).is_err(), "{bad}");
         }
+        assert!(check_name("name", &"a".repeat(128)).is_ok());
+        let e = check_name("service name", "../x").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("invalid service name \"../x\""), "{}", e.message());
+        assert!(check_service("x", "").is_ok() && check_service("x", "v1.2").is_ok());
+        assert!(check_service("x", "../v").is_err() && check_service("x/y", "").is_err());
         assert!(check_env(&["A=1".into(), "B_2=x=y".into(), "C=".into()]).is_ok());
         for bad in ["A", "=1", "1A=2", "A-B=1"] {
             assert!(check_env(&[bad.into()]).is_err(), "{bad}");
@@ -478,5 +509,20 @@ mod tests {
         assert!(check_entrypoint("../a").is_err());
         assert!(check_entrypoint("/a").is_err());
         assert!(server_log_name("server") && server_log_name("registry") && !server_log_name("helloworld"));
+    }
+
+    #[test]
+    fn namespaces_that_are_not_names_are_refused() {
+        let caller = |ns: &str| Caller { namespace: ns.into(), ..Caller::default() };
+        assert_eq!(namespace(&caller(""), "").unwrap(), "micro");
+        assert_eq!(namespace(&caller("team-1"), "").unwrap(), "team-1");
+        assert_eq!(namespace(&caller("team-1"), "other").unwrap(), "other");
+        for (from_caller, option) in
+            [("../../x", ""), ("", "../../../../x"), ("micro", "/etc"), ("micro", "a/b"), ("x", ".")]
+        {
+            let e = namespace(&caller(from_caller), option).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{from_caller:?} {option:?}");
+            assert!(e.message().starts_with("invalid namespace"), "{}", e.message());
+        }
     }
 }

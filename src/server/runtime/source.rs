@@ -79,24 +79,94 @@ impl Uploads {
     }
 }
 
-/// Unpacks a gzipped tar into `dest` (which must not exist). Entries that would land outside `dest` are refused.
+/// An error about what an archive holds.
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Unpacks a gzipped tar into `dest` (which must not exist), refusing what could reach or grant more than the tree:
+/// - entries with a `..` component or an absolute path are refused;
+/// - symlinks must be relative and stay inside the tree (see [`check_symlink`]), and hard links must name a path
+///   inside the archive, without `..`;
+/// - modes are kept without the setuid, setgid and sticky bits; owners are not kept;
+/// - devices, FIFOs and other special entries are skipped.
 pub fn unpack(archive: &Path, dest: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dest)?;
+    let root = dest.canonicalize()?;
     let file = std::fs::File::open(archive)?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     tar.set_preserve_mtime(true);
-    tar.set_preserve_permissions(true);
+    tar.set_preserve_permissions(false);
+    tar.set_preserve_ownerships(false);
+    tar.set_mask(0o7000);
     tar.set_overwrite(true);
     for entry in tar.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
         if path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_))) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the archive has an entry outside its root: {}", path.display()),
-            ));
+            return Err(invalid(format!("the archive has an entry outside its root: {}", path.display())));
         }
-        entry.unpack_in(dest)?;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| invalid(format!("the link {} has no target", path.display())))?
+                    .into_owned();
+                if kind == tar::EntryType::Symlink {
+                    check_symlink(&root, &path, &target)?;
+                } else if target.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+                    return Err(invalid(format!(
+                        "the archive has a hard link to a path outside its root: {} -> {}",
+                        path.display(),
+                        target.display()
+                    )));
+                }
+            }
+            _ => continue,
+        }
+        entry.unpack_in(&root)?;
+    }
+    Ok(())
+}
+
+/// Checks that a symlink at `path` (relative to the tree `root`, canonical) to `target` points inside the tree: the
+/// target must be relative, made of `..` components first (no more than the depth of the link's directory, as it
+/// really is on disk), then names only. A `..` after a name is refused: the name may be a symlink, and `..` would
+/// then climb from wherever it points.
+pub fn check_symlink(root: &Path, path: &Path, target: &Path) -> std::io::Result<()> {
+    let refuse = || {
+        invalid(format!(
+            "the archive has a symlink that points outside its root: {} -> {} (replace it with a copy)",
+            path.display(),
+            target.display()
+        ))
+    };
+    // The directory of the link as it really is on disk: its deepest existing ancestor, resolved, then the parts
+    // that do not exist yet (unpacking creates them as plain directories).
+    let parent = root.join(path.parent().unwrap_or(Path::new("")));
+    let mut existing = parent.as_path();
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        missing.push(existing.file_name().ok_or_else(refuse)?.to_os_string());
+        existing = existing.parent().ok_or_else(refuse)?;
+    }
+    let real = existing.canonicalize()?;
+    let below = real.strip_prefix(root).map_err(|_| refuse())?;
+    let depth = below.components().count() + missing.len();
+    let mut ups = 0;
+    let mut named = false;
+    for c in target.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if !named => ups += 1,
+            Component::Normal(_) => named = true,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(refuse()),
+        }
+    }
+    if ups > depth {
+        return Err(refuse());
     }
     Ok(())
 }
@@ -382,20 +452,116 @@ mod tests {
         assert!(package_of(&meta, Path::new("/w/z/Cargo.toml")).is_err());
     }
 
+    /// Writes a gzipped tar made by `add` into `dir/a.tar.gz`; returns its path.
+    fn archive(dir: &Path, add: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>)) -> PathBuf {
+        let path = dir.join("a.tar.gz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), Default::default());
+        let mut b = tar::Builder::new(gz);
+        add(&mut b);
+        b.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    /// Adds a 2-byte file with `mode`.
+    fn file(b: &mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>, path: &str, mode: u32) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(mode);
+        b.append_data(&mut h, path, &b"hi"[..]).unwrap();
+    }
+
+    /// Adds a link (symbolic or hard) from `path` to `to`.
+    fn link(b: &mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>, kind: tar::EntryType, path: &str, to: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, to).unwrap();
+    }
+
     #[test]
     fn unpack_refuses_escaping_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("a.tar.gz");
-        {
-            let gz = flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), Default::default());
-            let mut b = tar::Builder::new(gz);
+        let good = archive(dir.path(), |b| file(b, "ok/file.txt", 0o644));
+        unpack(&good, &dir.path().join("out")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("out/ok/file.txt")).unwrap(), "hi");
+
+        // `..` in an entry's name (written into the header by hand: the builder refuses it).
+        let bad = archive(dir.path(), |b| {
             let mut h = tar::Header::new_gnu();
             h.set_size(2);
             h.set_mode(0o644);
-            b.append_data(&mut h, "ok/file.txt", &b"hi"[..]).unwrap();
-            b.into_inner().unwrap().finish().unwrap();
+            let name = b"../escaped.txt";
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            b.append(&h, &b"hi"[..]).unwrap();
+        });
+        let e = unpack(&bad, &dir.path().join("out2/tree")).unwrap_err();
+        assert!(e.to_string().contains("outside its root"), "{e}");
+        assert!(!dir.path().join("out2/escaped.txt").exists());
+    }
+
+    #[test]
+    fn unpacked_files_lose_setuid_setgid_and_sticky_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive(dir.path(), |b| {
+            file(b, "suid", 0o4755);
+            file(b, "sgid", 0o2750);
+            file(b, "plain", 0o640);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o1777);
+            b.append_data(&mut h, "sticky", std::io::empty()).unwrap();
+        });
+        let out = dir.path().join("out");
+        unpack(&a, &out).unwrap();
+        let mode = |name: &str| std::fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("sgid"), 0o750);
+        assert_eq!(mode("plain"), 0o640);
+        assert_eq!(mode("sticky"), 0o777);
+    }
+
+    #[test]
+    fn unpack_refuses_symlinks_out_of_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let attempts: [(&str, &[(&str, &str)]); 5] = [
+            ("absolute", &[("etc", "/etc")]),
+            ("climbing", &[("sub/up", "../../..")]),
+            ("through a name", &[("here", "."), ("sub/x", "../here/..")]),
+            // `p` is the root itself: `p/p/link` really sits at the root, so one `..` already leaves it.
+            ("through a symlinked dir", &[("p", "."), ("p/p/link", "../x")]),
+            ("a hard link", &[]),
+        ];
+        for (n, (what, links)) in attempts.iter().enumerate() {
+            let out = dir.path().join(format!("out{n}"));
+            let a = archive(dir.path(), |b| {
+                file(b, "file.txt", 0o644);
+                for (path, to) in *links {
+                    link(b, tar::EntryType::Symlink, path, to);
+                }
+                if links.is_empty() {
+                    link(b, tar::EntryType::Link, "hard", "/etc/passwd");
+                }
+            });
+            let e = unpack(&a, &out).expect_err(what);
+            assert!(e.to_string().contains("outside its root"), "{what}: {e}");
+            assert!(!out.join("etc").exists() && !out.join("hard").exists(), "{what}");
         }
-        unpack(&archive, &dir.path().join("out")).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("out/ok/file.txt")).unwrap(), "hi");
+
+        // Links that stay inside are kept.
+        let out = dir.path().join("inside");
+        let a = archive(dir.path(), |b| {
+            file(b, "a/file.txt", 0o644);
+            link(b, tar::EntryType::Symlink, "a/b/up", "../file.txt");
+            link(b, tar::EntryType::Symlink, "top", "a/file.txt");
+            link(b, tar::EntryType::Link, "copy", "a/file.txt");
+        });
+        unpack(&a, &out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("top")).unwrap(), "hi");
+        assert_eq!(std::fs::read_to_string(out.join("copy")).unwrap(), "hi");
+        assert_eq!(std::fs::read_link(out.join("a/b/up")).unwrap(), Path::new("../file.txt"));
     }
 }

@@ -333,7 +333,12 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             issuer: issuer.into(),
         };
-        let caller = |account, namespace: &str| Caller { account, namespace: namespace.into(), loopback: true };
+        let caller = |account, namespace: &str| Caller {
+            account,
+            namespace: namespace.into(),
+            loopback: true,
+            ..Default::default()
+        };
         let anonymous = caller(None, "micro");
         assert_eq!(location(&anonymous, "", "").unwrap_err().code(), tonic::Code::Unauthenticated);
         let tenant = caller(Some(account("tenant", &[])), "tenant");
