@@ -113,3 +113,33 @@ pub const MICRO_IDLE_TIMEOUT: &str = "MICRO_IDLE_TIMEOUT";
 /// `micro server` and services: the most connections each listener serves at once (default 4096); connections
 /// beyond it are closed as they arrive.
 pub const MICRO_MAX_CONNECTIONS: &str = "MICRO_MAX_CONNECTIONS";
+
+/// CLI and services: a CA certificate (a PEM file, one or more certificates) trusted for `https://` proxy addresses,
+/// besides the compiled-in Mozilla roots. The CLI's `--ca-cert` flag; it wins over the CA stored with the env
+/// (`micro env add … --ca-cert`). Ignored for plaintext addresses.
+pub const MICRO_CA_CERT: &str = "MICRO_CA_CERT";
+/// CLI and services: a client certificate (PEM) to present to a proxy that requires one (mTLS); needs
+/// `MICRO_CLIENT_KEY`. The CLI's `--client-cert` flag.
+pub const MICRO_CLIENT_CERT: &str = "MICRO_CLIENT_CERT";
+/// CLI and services: the private key (PEM) of `MICRO_CLIENT_CERT`. The CLI's `--client-key` flag.
+pub const MICRO_CLIENT_KEY: &str = "MICRO_CLIENT_KEY";
+/// CLI and services: `true` accepts any server certificate on `https://` addresses (encrypted, but anyone on the
+/// path can pose as the server). The CLI's `--insecure-skip-verify`; it warns on every run.
+pub const MICRO_INSECURE_SKIP_VERIFY: &str = "MICRO_INSECURE_SKIP_VERIFY";
+
+/// `micro server`: the PEM file of the certificate chain (the server's certificate first) that the gRPC proxy and
+/// the API gateway serve over TLS, with [`MICRO_TLS_KEY`]. Re-read when it changes. See `server/tls.rs`.
+pub const MICRO_TLS_CERT: &str = "MICRO_TLS_CERT";
+/// `micro server`: the PEM file of the private key of [`MICRO_TLS_CERT`].
+pub const MICRO_TLS_KEY: &str = "MICRO_TLS_KEY";
+/// `micro server`: `self-signed` serves TLS with a CA and a server certificate that the server makes and keeps in
+/// `<data dir>/tls/` (instead of [`MICRO_TLS_CERT`] and [`MICRO_TLS_KEY`]).
+pub const MICRO_TLS: &str = "MICRO_TLS";
+/// `micro server`: a PEM file of CA certificates; when set, every client must present a certificate issued by one of
+/// them (mTLS), or its TLS handshake fails.
+pub const MICRO_TLS_CLIENT_CA: &str = "MICRO_TLS_CLIENT_CA";
+/// `micro server`: a PEM file of CA certificates that the proxy trusts, besides the compiled-in Mozilla roots, when
+/// it dials a service node that serves TLS (one registered with the node metadata `tls=true`, which the service
+/// library sets when the service is given [`MICRO_TLS_CERT`] and [`MICRO_TLS_KEY`]). The certificate must name the
+/// node's host. The `--tls-upstream-ca` flag.
+pub const MICRO_TLS_UPSTREAM_CA: &str = "MICRO_TLS_UPSTREAM_CA";

@@ -8,11 +8,16 @@
 //! | 1 | a general failure: bad usage of a built-in command, an unknown command, a timed-out request |
 //! | 2 | not authorized |
 //! | 3 | a malformed method name |
-//! | 4 | the service is not found, or the micro server cannot be reached |
+//! | 4 | the service is not found, or the micro server cannot be reached: nothing listens, something else (an HTTP server, the API gateway) answers, TLS and plaintext do not match, or its certificate does not verify |
 //! | 5 | the service has no such method |
 //! | 127 | the service answered with an error |
 //! | 128 | invalid input: an unknown or badly typed flag, bad JSON, an unknown env |
-
+//!
+//! Refusing to send a password or token in plaintext to a non-loopback address (`Settings::check_secrets_may_go`)
+//! is a general failure, 1: nothing is wrong with the input, the env's address is not safe for secrets.
+//!
+//! A failure to reach the proxy says what was found at the address and what to do
+//! ([`crate::client::diagnose::explain`]); every such message starts with `Failed to connect to micro server at`.
 use tonic::Code;
 
 /// The exit status of the `micro` process.
@@ -124,7 +129,15 @@ pub fn detail(message: &str) -> String {
 }
 
 /// Maps a gRPC status to what the user sees, following Micro's table.
+///
+/// A failure to reach the proxy (a transport error, or an answer that is not gRPC) is explained from what is at
+/// `ctx.address` ([`crate::client::diagnose::explain`], which may probe the address for a moment): exit 4.
 pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
+    if !ctx.address.is_empty()
+        && let Some(message) = crate::client::diagnose::explain(status, &ctx.address)
+    {
+        return CliError::new(ExitStatus::NotFound, message);
+    }
     let message = detail(status.message());
     match status.code() {
         Code::Unavailable if !message.starts_with("service \"") => {

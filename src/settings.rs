@@ -6,8 +6,15 @@
 //!
 //! Commands that call the server connect through [`Settings::connect_authed`], which attaches the token saved by
 //! `micro login` (refreshing it when it is about to expire) or the one in `MICRO_AUTH_TOKEN`.
+//!
+//! TLS ([`Settings::tls`]) resolves the same way: `--ca-cert`/`MICRO_CA_CERT` over the CA stored with the env, and
+//! `--client-cert`/`--client-key` (`MICRO_CLIENT_CERT`/`MICRO_CLIENT_KEY`) over the env's client certificate. An
+//! env stores the *contents* of these files in `config.json` (mode 0600), so it keeps working when the files move.
+//! A password or token is never sent in plaintext to a non-loopback address, unless the env was added with
+//! `--plaintext` ([`Settings::check_secrets_may_go`]).
 
 use crate::client::Connection;
+use crate::client::tls::{ClientTls, Target};
 use crate::client::tokens::{StoredToken, TokenStore, TokenStoreError};
 use crate::env;
 use crate::exit::CliError;
@@ -29,6 +36,52 @@ pub struct EnvEntry {
     /// A description.
     #[serde(default)]
     pub description: String,
+    /// A CA (PEM) trusted for this env's `https://` address, besides the compiled-in roots (`--ca-cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// A client certificate chain (PEM) presented to this env's server (`--client-cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The private key (PEM) of [`EnvEntry::client_cert`] (`--client-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Whether passwords and tokens may be sent to this env's address in plaintext although it is not loopback
+    /// (`micro env add … --plaintext`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
+}
+
+impl EnvEntry {
+    /// An env at `address`, without TLS settings.
+    pub fn new(address: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { proxy_address: address.into(), description: description.into(), ..Default::default() }
+    }
+
+    /// The env's own TLS settings: its CA and client certificate.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: self.ca_cert.clone(),
+            identity: self.client_cert.clone().zip(self.client_key.clone()),
+            skip_verify: false,
+        }
+    }
+
+    /// How the env is reached, in a few words: `TLS`, `TLS (own CA)`, `TLS (own CA, client cert)`, `plaintext` or
+    /// `plaintext (allowed)` (`--plaintext`).
+    pub fn security(&self) -> String {
+        match Target::parse(&self.proxy_address) {
+            Ok(t) if t.tls => {
+                let extras: Vec<&str> =
+                    [self.ca_cert.as_ref().map(|_| "own CA"), self.client_cert.as_ref().map(|_| "client cert")]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                if extras.is_empty() { "TLS".into() } else { format!("TLS ({})", extras.join(", ")) }
+            }
+            Ok(_) if self.plaintext => "plaintext (allowed)".into(),
+            _ => "plaintext".into(),
+        }
+    }
 }
 
 /// The CLI config file.
@@ -52,10 +105,7 @@ impl ConfigFile {
     /// Every env, the built-in `local` included, sorted by name.
     pub fn all_envs(&self) -> BTreeMap<String, EnvEntry> {
         let mut all = self.envs.clone();
-        all.entry(LOCAL_ENV.into()).or_insert_with(|| EnvEntry {
-            proxy_address: LOCAL_PROXY.into(),
-            description: "Local running micro server".into(),
-        });
+        all.entry(LOCAL_ENV.into()).or_insert_with(|| EnvEntry::new(LOCAL_PROXY, "Local running micro server"));
         all
     }
 
@@ -111,14 +161,21 @@ impl Dirs {
         }
     }
 
-    /// Writes the config file atomically.
+    /// Writes the config file atomically, readable by its owner only (it may hold an env's client key).
     pub fn save(&self, config: &ConfigFile) -> Result<(), CliError> {
         let path = self.config_file();
         let io = |e: std::io::Error| CliError::failure(format!("cannot write {}: {e}", path.display()));
         crate::server::create_private_dir(&self.config).map_err(io)?;
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(config).map_err(|e| CliError::failure(e.to_string()))?;
-        std::fs::write(&tmp, text + "\n").map_err(io)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut file, (text + "\n").as_bytes()).map_err(io)?;
+        drop(file);
         std::fs::rename(&tmp, &path).map_err(io)
     }
 }
@@ -175,6 +232,14 @@ pub struct Settings {
     pub stdin_tty: bool,
     /// Whether stderr is a terminal (progress shown).
     pub stderr_tty: bool,
+    /// TLS for an `https://` proxy: `--ca-cert`/`MICRO_CA_CERT` else the env's CA, `--client-cert`/`--client-key`
+    /// else the env's, and `--insecure-skip-verify`. Unused for plaintext addresses.
+    pub tls: ClientTls,
+    /// What the TLS flags (and their variables) alone gave, without the env's: what `micro env add` stores.
+    pub tls_flags: ClientTls,
+    /// Whether the env was added with `--plaintext` and the proxy is still its address: passwords and tokens may
+    /// then go to it in plaintext although it is not loopback.
+    pub plaintext_allowed: bool,
 }
 
 /// What the user passed that bears on settings.
@@ -186,10 +251,52 @@ pub struct GlobalArgs {
     /// The namespace to use.
     #[arg(long, global = true, env = env::MICRO_NAMESPACE, value_name = "NS")]
     pub namespace: Option<String>,
-    /// Proxy address to use instead of the env's.
+    /// Proxy address to use instead of the env's: `host:port` (plaintext) or `https://host:port` (TLS).
     #[arg(long, global = true, env = env::MICRO_PROXY, value_name = "HOST:PORT", hide_env_values = true)]
     pub proxy: Option<String>,
+    /// A CA certificate (PEM file) to trust for an https:// proxy, besides the system's roots; with `env add`, stored
+    /// with the env.
+    #[arg(long, global = true, env = env::MICRO_CA_CERT, value_name = "FILE", hide_env_values = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM file) for a proxy that requires one (mTLS); with `env add`, stored with the env.
+    #[arg(long, global = true, env = env::MICRO_CLIENT_CERT, value_name = "FILE", hide_env_values = true)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM file) of --client-cert; with `env add`, stored with the env.
+    #[arg(long, global = true, env = env::MICRO_CLIENT_KEY, value_name = "FILE", hide_env_values = true)]
+    pub client_key: Option<PathBuf>,
+    /// Accept any certificate from an https:// proxy. Insecure: anyone on the network path can pose as the server.
+    #[arg(
+        long,
+        global = true,
+        env = env::MICRO_INSECURE_SKIP_VERIFY,
+        value_parser = clap::builder::FalseyValueParser::new(),
+        hide_env_values = true
+    )]
+    pub insecure_skip_verify: bool,
 }
+
+impl GlobalArgs {
+    /// The TLS settings given by flags or their variables alone: the CA and the client certificate with its key,
+    /// read and checked, and `--insecure-skip-verify`. A client certificate without its key (or the reverse) is
+    /// invalid input.
+    pub fn tls_flags(&self) -> Result<ClientTls, CliError> {
+        use crate::client::tls::{read_certificates, read_private_key};
+        let ca =
+            self.ca_cert.as_deref().map(|p| read_certificates(p, "--ca-cert")).transpose().map_err(CliError::input)?;
+        let identity = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                read_certificates(cert, "--client-cert").map_err(CliError::input)?,
+                read_private_key(key, "--client-key").map_err(CliError::input)?,
+            )),
+            _ => return Err(CliError::input("--client-cert and --client-key go together: give both or neither")),
+        };
+        Ok(ClientTls { ca_pem: ca, identity, skip_verify: self.insecure_skip_verify })
+    }
+}
+
+/// Whether the `--insecure-skip-verify` warning was printed by this process.
+static SKIP_VERIFY_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Settings {
     /// Resolves the settings from flags (which clap already merged with the environment), the config file and
@@ -203,7 +310,8 @@ impl Settings {
         let config = dirs.load()?;
         let env = args.env.clone().unwrap_or_else(|| config.current().to_string());
         let envs = config.all_envs();
-        let proxy = match (&args.proxy, envs.get(&env)) {
+        let entry = envs.get(&env);
+        let proxy = match (&args.proxy, entry) {
             (Some(p), _) => p.clone(),
             (None, Some(e)) => e.proxy_address.clone(),
             (None, None) => {
@@ -212,6 +320,16 @@ impl Settings {
                 )));
             }
         };
+        // The flags (and their variables) win over what the env stores; the env's consent to plaintext holds only for
+        // its own address.
+        let stored = entry.map(EnvEntry::tls).unwrap_or_default();
+        let tls_flags = args.tls_flags()?;
+        let tls = ClientTls {
+            ca_pem: tls_flags.ca_pem.clone().or(stored.ca_pem),
+            identity: tls_flags.identity.clone().or(stored.identity),
+            skip_verify: args.insecure_skip_verify,
+        };
+        let plaintext_allowed = entry.is_some_and(|e| e.plaintext && e.proxy_address == proxy);
         let home_namespace = config.namespace(&env).unwrap_or(crate::DEFAULT_NAMESPACE).to_string();
         let namespace = args.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| home_namespace.clone());
         Ok(Self {
@@ -223,19 +341,53 @@ impl Settings {
             output,
             stdin_tty: std::io::stdin().is_terminal(),
             stderr_tty: std::io::stderr().is_terminal(),
+            tls,
+            tls_flags,
+            plaintext_allowed,
         })
     }
 
-    /// A connection to the env's proxy, without a token. Only for calls that need none (`micro login`);
-    /// everything else uses [`Settings::connect_authed`].
+    /// A connection to the env's proxy, without a token, for the calls that carry a secret in their body: a
+    /// password (`micro login`), a refresh token (`micro logout`), or a token set by hand. Refused, before anything is
+    /// sent, when secrets may not go to the proxy ([`Settings::check_secrets_may_go`]); everything else uses
+    /// [`Settings::connect_authed`].
     pub fn connect(&self) -> Result<Connection, CliError> {
-        Connection::new(&self.proxy, &self.namespace).map_err(|e| CliError::input(e.to_string()))
+        self.check_secrets_may_go()?;
+        self.connection(&self.namespace)
+    }
+
+    /// A connection to the proxy in `namespace`, with the resolved TLS settings, checking nothing. Warns (once per
+    /// process) when the certificate is not verified.
+    fn connection(&self, namespace: &str) -> Result<Connection, CliError> {
+        let conn =
+            Connection::with_tls(&self.proxy, namespace, &self.tls).map_err(|e| CliError::input(e.to_string()))?;
+        if conn.is_tls() && self.tls.skip_verify && !SKIP_VERIFY_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!("{}", skip_verify_warning(&self.proxy));
+        }
+        Ok(conn)
+    }
+
+    /// Whether a password or token may be sent to the proxy: yes over TLS, to a loopback address, or to the address
+    /// of an env added with `--plaintext`. Otherwise an error (exit 1) that says why and what to do.
+    pub fn check_secrets_may_go(&self) -> Result<(), CliError> {
+        let target = Target::parse(&self.proxy)
+            .map_err(|reason| CliError::input(format!("invalid proxy address {:?}: {reason}", self.proxy)))?;
+        if target.keeps_secrets() || self.plaintext_allowed {
+            return Ok(());
+        }
+        Err(CliError::failure(format!(
+            "Refusing to send a password or token in plaintext to {}: it is not this machine, and anyone on the \
+             network path could read it and act as you. Use https://{} (a server with TLS), or, on a network you \
+             trust, add the env with --plaintext: micro env add {} {} --plaintext",
+            self.proxy, target.authority, self.env, self.proxy
+        )))
     }
 
     /// A connection to the env's proxy that sends the current access token (see [`Settings::access_token`]), or
     /// none when the user is not logged in: the server then answers what anonymous callers may do.
     pub async fn connect_authed(&self) -> Result<Connection, CliError> {
-        let conn = self.connect()?;
+        let conn = self.connection(&self.namespace)?;
         let token = self.access_token().await?;
         Ok(conn.with_token(token.as_deref()))
     }
@@ -266,9 +418,11 @@ impl Settings {
     /// access token (the user is logged out); when the server cannot be reached, the old access token is kept.
     pub async fn access_token(&self) -> Result<Option<String>, CliError> {
         if let Some(token) = env::var(env::MICRO_AUTH_TOKEN) {
+            self.check_secrets_may_go()?;
             return Ok(Some(token));
         }
         let Some((ns, token)) = self.stored_token()? else { return Ok(None) };
+        self.check_secrets_may_go()?;
         if !token.can_refresh() || !token.expires_within(unix_now(), REFRESH_MARGIN_SECS) {
             return Ok(Some(token.access_token));
         }
@@ -302,7 +456,7 @@ impl Settings {
     /// `Err` when the answer says nothing about it (unreachable server, timeout).
     async fn refresh(&self, namespace: &str, token: &StoredToken) -> Result<Option<StoredToken>, tonic::Status> {
         use crate::proto::auth::{Options, TokenRequest};
-        let conn = Connection::new(&self.proxy, namespace).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let conn = self.connection(namespace).map_err(|e| tonic::Status::unavailable(e.message))?;
         let mut req = conn.request(TokenRequest {
             refresh_token: token.refresh_token.clone(),
             options: Some(Options { namespace: namespace.to_string() }),
@@ -335,6 +489,14 @@ impl Settings {
     }
 }
 
+/// The warning printed on every run that skips certificate verification.
+pub fn skip_verify_warning(proxy: &str) -> String {
+    format!(
+        "warning: --insecure-skip-verify: the certificate of {proxy} is not checked, so anyone on the network path \
+         can pose as the server and read your password and tokens"
+    )
+}
+
 /// The key of a schema cache: the env and the address it points at, so that `MICRO_PROXY` pointing elsewhere never
 /// mixes two servers' services.
 pub fn cache_key(env: &str, proxy: &str) -> String {
@@ -364,6 +526,7 @@ mod tests {
             env: env.map(Into::into),
             namespace: ns.map(Into::into),
             proxy: Some("127.0.0.1:1".into()),
+            ..Default::default()
         };
         let resolve = |a: &GlobalArgs| Settings::resolve_in(dirs.clone(), a, None).unwrap();
 
@@ -374,7 +537,7 @@ mod tests {
         // Saved for the current env.
         let mut config = dirs.load().unwrap();
         config.namespaces.insert("local".into(), "foo".into());
-        config.envs.insert("prod".into(), EnvEntry { proxy_address: "p:1".into(), description: String::new() });
+        config.envs.insert("prod".into(), EnvEntry::new("p:1", ""));
         dirs.save(&config).unwrap();
         let s = resolve(&args(None, None));
         assert_eq!((s.namespace.as_str(), s.home_namespace.as_str()), ("foo", "foo"));
@@ -407,6 +570,7 @@ mod tests {
             env: None,
             namespace: ns.map(Into::into),
             proxy: Some("127.0.0.1:1".into()),
+            ..Default::default()
         };
         let token = |id: &str| StoredToken {
             account_id: id.into(),
@@ -425,6 +589,89 @@ mod tests {
         if std::env::var_os(env::MICRO_AUTH_TOKEN).is_none() {
             assert_eq!(s.access_token().await.unwrap().as_deref(), Some("tenant-access"));
         }
+    }
+
+    #[test]
+    fn tls_resolves_flag_over_env_and_plaintext_consent_holds_only_for_the_env_address() {
+        use crate::client::tls::testing::Ca;
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = dirs(tmp.path());
+        let (env_ca, flag_ca) = (Ca::new(), Ca::new());
+        let mut config = ConfigFile::default();
+        config.envs.insert(
+            "prod".into(),
+            EnvEntry { ca_cert: Some(env_ca.pem()), ..EnvEntry::new("https://micro.example.com:8443", "") },
+        );
+        config.envs.insert("lan".into(), EnvEntry { plaintext: true, ..EnvEntry::new("10.0.0.5:8081", "") });
+        config.envs.insert("far".into(), EnvEntry::new("10.0.0.6:8081", ""));
+        dirs.save(&config).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dirs.config_file()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "config.json may hold a client key");
+        }
+        let resolve = |a: GlobalArgs| Settings::resolve_in(dirs.clone(), &a, None);
+        let env = |name: &str| GlobalArgs { env: Some(name.into()), ..Default::default() };
+
+        // The env's CA, unless a flag (or MICRO_CA_CERT, which clap merges into it) gives another.
+        let s = resolve(env("prod")).unwrap();
+        assert_eq!(s.tls.ca_pem, Some(env_ca.pem()));
+        assert_eq!(s.tls_flags.ca_pem, None);
+        let flag_file = tmp.path().join("flag-ca.pem");
+        std::fs::write(&flag_file, flag_ca.pem()).unwrap();
+        let s = resolve(GlobalArgs { ca_cert: Some(flag_file.clone()), ..env("prod") }).unwrap();
+        assert_eq!((&s.tls.ca_pem, &s.tls_flags.ca_pem), (&Some(flag_ca.pem()), &Some(flag_ca.pem())));
+        assert!(s.check_secrets_may_go().is_ok(), "TLS keeps secrets");
+
+        // A CA file that is not a certificate, or a client certificate without its key, is invalid input.
+        let e = resolve(GlobalArgs { ca_cert: Some(tmp.path().join("nope.pem")), ..env("prod") }).unwrap_err();
+        assert_eq!(e.status, crate::exit::ExitStatus::InvalidInput);
+        assert!(e.message.contains("--ca-cert"), "{}", e.message);
+        let e = resolve(GlobalArgs { client_cert: Some(flag_file), ..env("prod") }).unwrap_err();
+        assert!(e.message.contains("--client-cert and --client-key go together"), "{}", e.message);
+
+        // Plaintext to a non-loopback address: refused, exit 1, before anything is sent...
+        let far = resolve(env("far")).unwrap();
+        let e = far.check_secrets_may_go().unwrap_err();
+        assert_eq!(e.status, crate::exit::ExitStatus::Failure);
+        assert!(
+            e.message.contains("Refusing to send a password or token in plaintext to 10.0.0.6:8081"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("https://10.0.0.6:8081") && e.message.contains("--plaintext"), "{}", e.message);
+        assert!(far.connect().is_err(), "login's connection is refused too");
+        // ...unless the env was added with --plaintext, and only for its own address.
+        assert!(resolve(env("lan")).unwrap().check_secrets_may_go().is_ok());
+        let moved = resolve(GlobalArgs { proxy: Some("10.0.0.7:8081".into()), ..env("lan") }).unwrap();
+        assert!(!moved.plaintext_allowed && moved.check_secrets_may_go().is_err());
+        // Loopback is always fine.
+        assert!(resolve(env("local")).unwrap().check_secrets_may_go().is_ok());
+    }
+
+    #[tokio::test]
+    async fn tokens_are_not_sent_in_plaintext_to_a_remote_address() {
+        if std::env::var_os(env::MICRO_AUTH_TOKEN).is_some() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let args = GlobalArgs { proxy: Some("192.0.2.1:8081".into()), ..Default::default() };
+        let s = Settings::resolve_in(dirs(tmp.path()), &args, None).unwrap();
+        // Anonymous calls go anywhere.
+        assert!(!s.connect_authed().await.unwrap().has_token());
+        // A saved token does not, and is not refreshed there either.
+        let token = StoredToken {
+            account_id: "admin".into(),
+            access_token: "secret-access".into(),
+            refresh_token: "secret-refresh".into(),
+            created: unix_now(),
+            expiry: unix_now() + 10,
+        };
+        s.tokens().put("local", "micro", token).unwrap();
+        let e = s.connect_authed().await.unwrap_err();
+        assert!(e.message.starts_with("Refusing to send a password or token in plaintext"), "{}", e.message);
+        assert!(s.tokens().get("local", "micro").unwrap().is_some(), "the saved token is kept");
     }
 
     /// An auth service that accepts one refresh token, `good`, and rotates it.
@@ -486,7 +733,7 @@ mod tests {
         }
         let address = mock_auth_server().await;
         let tmp = tempfile::tempdir().unwrap();
-        let args = GlobalArgs { env: None, namespace: None, proxy: Some(address) };
+        let args = GlobalArgs { proxy: Some(address), ..Default::default() };
         let s = Settings::resolve_in(dirs(tmp.path()), &args, None).unwrap();
         let expiring = |refresh: &str| StoredToken {
             account_id: "admin".into(),
@@ -516,7 +763,7 @@ mod tests {
 
         // An unreachable server keeps the old token.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
-        let args = GlobalArgs { env: None, namespace: None, proxy: Some(closed) };
+        let args = GlobalArgs { proxy: Some(closed), ..Default::default() };
         let s = Settings::resolve_in(dirs(tmp.path()), &args, None).unwrap();
         s.tokens().put("local", "micro", expiring("good")).unwrap();
         assert_eq!(s.access_token().await.unwrap().as_deref(), Some("old-access"));

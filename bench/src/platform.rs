@@ -118,6 +118,8 @@ impl Platform {
             store: Default::default(),
             broker: Default::default(),
             registry: Default::default(),
+            tls: None,
+            tls_upstream_ca: None,
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {

@@ -60,6 +60,16 @@ fn global_flags(global: &GlobalArgs, output: Option<Output>) -> Vec<String> {
             out.extend([flag.to_string(), value.clone()]);
         }
     }
+    for (flag, value) in
+        [("--ca-cert", &global.ca_cert), ("--client-cert", &global.client_cert), ("--client-key", &global.client_key)]
+    {
+        if let Some(value) = value {
+            out.extend([flag.to_string(), value.display().to_string()]);
+        }
+    }
+    if global.insecure_skip_verify {
+        out.push("--insecure-skip-verify".to_string());
+    }
     if let Some(name) = output.and_then(|o| o.to_possible_value()) {
         out.extend(["--output".to_string(), name.get_name().to_string()]);
     }
@@ -182,11 +192,11 @@ mod tests {
 
     #[test]
     fn global_flags_pass_to_every_command() {
-        let global = GlobalArgs { env: Some("prod".into()), namespace: None, proxy: Some("127.0.0.1:1".into()) };
+        let global = GlobalArgs { env: Some("prod".into()), proxy: Some("127.0.0.1:1".into()), ..Default::default() };
         assert_eq!(
             global_flags(&global, Some(Output::Json)),
             ["--env", "prod", "--proxy", "127.0.0.1:1", "--output", "json"]
         );
-        assert!(global_flags(&GlobalArgs { env: None, namespace: None, proxy: None }, None).is_empty());
+        assert!(global_flags(&GlobalArgs::default(), None).is_empty());
     }
 }

@@ -2,7 +2,6 @@
 
 use crate::env;
 use crate::exit::CliError;
-use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +41,49 @@ pub struct Args {
     /// URL (in a build with the `etcd` feature).
     #[arg(long, env = env::MICRO_REGISTRY, default_value = "memory", value_parser = crate::server::registry::Sharing::parse, value_name = "memory|URL")]
     pub registry: crate::server::registry::Sharing,
+    /// Serve the proxy and the API gateway over TLS with this certificate chain (PEM, the server's certificate
+    /// first, e.g. Let's Encrypt's fullchain.pem), with --tls-key. Re-read when it changes, without a restart.
+    #[arg(long, env = env::MICRO_TLS_CERT, value_name = "FILE", requires = "tls_key", conflicts_with = "tls")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = env::MICRO_TLS_KEY, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// `self-signed`: serve TLS with a CA and a server certificate made and kept in `<data dir>/tls/`; clients
+    /// trust `<data dir>/tls/ca.pem` (its path and fingerprint are logged at start).
+    #[arg(long, env = env::MICRO_TLS, value_name = "self-signed", value_parser = ["self-signed"])]
+    pub tls: Option<String>,
+    /// Require clients to present a certificate issued by a CA of this PEM file (mTLS); needs --tls-cert or --tls.
+    #[arg(long, env = env::MICRO_TLS_CLIENT_CA, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Trust the CAs of this PEM file (besides the Mozilla roots) when the proxy dials a service that serves TLS
+    /// (one started with MICRO_TLS_CERT and MICRO_TLS_KEY, registered with `tls=true`): such a service is never
+    /// dialed in plaintext, and its certificate must name its host.
+    #[arg(long, env = env::MICRO_TLS_UPSTREAM_CA, value_name = "FILE")]
+    pub tls_upstream_ca: Option<PathBuf>,
+}
+
+impl Args {
+    /// The TLS settings of the flags: `None` for plaintext.
+    fn tls_settings(&self) -> Result<Option<crate::server::tls::TlsSettings>, CliError> {
+        use crate::server::tls::{CertSource, TlsSettings};
+        let source = match (&self.tls_cert, &self.tls_key, self.tls.as_deref()) {
+            (Some(cert), Some(key), None) => CertSource::Files { cert: cert.clone(), key: key.clone() },
+            (None, None, Some("self-signed")) => CertSource::SelfSigned,
+            (None, None, None) if self.tls_client_ca.is_some() => {
+                return Err(CliError::input(
+                    "--tls-client-ca needs TLS: give --tls-cert and --tls-key, or --tls self-signed",
+                ));
+            }
+            (None, None, None) => return Ok(None),
+            _ => {
+                return Err(CliError::input(
+                    "give either --tls-cert with --tls-key, or --tls self-signed (MICRO_TLS_CERT, MICRO_TLS_KEY, \
+                     MICRO_TLS)",
+                ));
+            }
+        };
+        Ok(Some(TlsSettings { source, client_ca: self.tls_client_ca.clone() }))
+    }
 }
 
 fn log_filter() -> tracing_subscriber::EnvFilter {
@@ -73,6 +115,7 @@ pub fn init_server_logging(data_dir: &std::path::Path) {
 
 /// Runs the server.
 pub async fn exec(args: Args) -> anyhow::Result<()> {
+    let tls = args.tls_settings()?;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => directories::ProjectDirs::from("dev", "micro", "micro")
@@ -100,9 +143,15 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         store: args.store,
         broker: args.broker,
         registry: args.registry,
+        tls,
+        tls_upstream_ca: args.tls_upstream_ca,
     };
-    crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal())
-        .await
-        .context("micro server failed")?;
+    crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal()).await.map_err(
+        |e| match e {
+            // A TLS file that cannot be used is a bad value of its flag (the message names the file).
+            crate::server::ServerError::Tls(e) => anyhow::Error::new(CliError::input(e.to_string())),
+            e => anyhow::Error::new(e).context("micro server failed"),
+        },
+    )?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! A connection to a micro proxy: one HTTP/2 channel, reused for every call, plus the metadata every call carries.
 
+use super::tls::{ClientTls, Target};
 use crate::proto::registry::{
     GetRequest, GetSchemaRequest, ListRequest, Options, Service, registry_client::RegistryClient,
 };
@@ -16,6 +17,14 @@ pub enum ConnectError {
         /// The address given.
         address: String,
         /// Why it is invalid.
+        reason: String,
+    },
+    /// The TLS settings of a TLS address cannot be used (an unreadable or invalid CA or client certificate).
+    #[error("cannot use TLS for {address}: {reason}")]
+    Tls {
+        /// The address given.
+        address: String,
+        /// What is wrong.
         reason: String,
     },
 }
@@ -48,12 +57,33 @@ pub fn node_failure(status: &tonic::Status) -> bool {
 
 impl Connection {
     /// A connection to `address` (`host:port`, or an `http://`/`https://` URL). Nothing is dialled until the first
-    /// call; a host with port 443 or an `https://` URL uses TLS.
+    /// call. An `https://` URL or a bare `host:443` uses TLS, with the TLS settings of the environment
+    /// ([`ClientTls::from_env`]: `MICRO_CA_CERT`, `MICRO_CLIENT_CERT`/`MICRO_CLIENT_KEY`,
+    /// `MICRO_INSECURE_SKIP_VERIFY`): what the service library uses. The CLI resolves its own
+    /// ([`Connection::with_tls`]).
     pub fn new(address: &str, namespace: &str) -> Result<Self, ConnectError> {
-        let invalid = |reason: String| ConnectError::InvalidAddress { address: address.to_string(), reason };
-        let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-        let endpoint = Endpoint::from_shared(url).map_err(|e| invalid(e.to_string()))?;
+        let target = Self::target(address)?;
+        let tls = if target.tls {
+            ClientTls::from_env().map_err(|reason| ConnectError::Tls { address: address.to_string(), reason })?
+        } else {
+            ClientTls::default()
+        };
+        Self::with_tls(address, namespace, &tls)
+    }
+
+    fn target(address: &str) -> Result<Target, ConnectError> {
+        Target::parse(address).map_err(|reason| ConnectError::InvalidAddress { address: address.to_string(), reason })
+    }
+
+    /// A connection to `address` with the given TLS settings (used only when the address is TLS: a plaintext address
+    /// never speaks TLS, and a TLS address never falls back to plaintext). Nothing is dialled until the first call.
+    pub fn with_tls(address: &str, namespace: &str, tls: &ClientTls) -> Result<Self, ConnectError> {
+        let target = Self::target(address)?;
+        let endpoint = Endpoint::from_shared(target.url())
+            .map_err(|e| ConnectError::InvalidAddress { address: address.to_string(), reason: e.to_string() })?;
         let endpoint = endpoint.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+        let endpoint = super::tls::configure(endpoint, &target, tls)
+            .map_err(|reason| ConnectError::Tls { address: address.to_string(), reason })?;
         Ok(Self {
             channel: endpoint.connect_lazy(),
             address: address.to_string(),
@@ -77,6 +107,11 @@ impl Connection {
     /// The channel, for generated clients.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// Whether calls travel over TLS (the address is `https://…` or `host:443`).
+    pub fn is_tls(&self) -> bool {
+        Target::parse(&self.address).is_ok_and(|t| t.tls)
     }
 
     /// The proxy address as given.

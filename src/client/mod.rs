@@ -2,8 +2,10 @@
 //! on-disk schema cache and the CLI's token store. The CLI and the service library both sit on this layer.
 
 pub mod connection;
+pub mod diagnose;
 pub mod dynamic;
 pub mod schema_cache;
+pub mod tls;
 pub mod tokens;
 
 pub use connection::{ConnectError, Connection};

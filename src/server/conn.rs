@@ -24,6 +24,13 @@
 //! - **a write-stall timeout.** A write that makes no progress for [`Limits::idle`] (a peer that stopped reading)
 //!   fails, and the connection closes.
 //!
+//! - **TLS, when configured** ([`Listener::with_tls`]). The TLS handshake runs inside the connection
+//!   ([`Conn`]'s first reads and writes), so in the connection's own task and never in the accept loop: a slow or
+//!   silent client holds up nobody else. It must finish within [`Limits::handshake`] of the accept, whatever bytes
+//!   trickle in, or the connection is closed. The timeouts above then apply to the decrypted stream: TLS records
+//!   that carry no application data (a trickled partial record, for example) do not count as activity. The peer's
+//!   address is still what [`tonic::transport::server::Connected`] reports, so the proxy sees it as before.
+//!
 //! The limits are constants; for tests they can be shortened with `MICRO_HANDSHAKE_TIMEOUT`, `MICRO_IDLE_TIMEOUT`
 //! and `MICRO_MAX_CONNECTIONS` ([`Limits::from_env`]).
 
@@ -142,13 +149,27 @@ pub struct Listener {
     mode: Mode,
     /// When the last refusal (at the limit) was logged, so that a flood is logged once in a while.
     refused_logged: Option<Instant>,
+    /// The TLS acceptor, when connections are TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Listener {
     /// Wraps `tcp`.
     pub fn new(tcp: TcpListener, limits: Limits, mode: Mode) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
-        Self { tcp, permits, limits, mode, refused_logged: None }
+        Self { tcp, permits, limits, mode, refused_logged: None, tls: None }
+    }
+
+    /// Serves TLS with `config` (when given) on every connection: the handshake runs in the connection, bounded by
+    /// [`Limits::handshake`], and a client that speaks anything else is closed.
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = config.map(tokio_rustls::TlsAcceptor::from);
+        self
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address the listener is bound to.
@@ -186,7 +207,8 @@ impl Listener {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::trace!(error = %e, "cannot set TCP_NODELAY");
             }
-            return (Conn::new(tcp, peer, permit, self.limits, self.mode), peer);
+            let conn = Conn::new(tcp, peer, permit, self.limits, self.mode, self.tls.as_ref());
+            return (conn, peer);
         }
     }
 
@@ -373,8 +395,10 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 /// An accepted connection: a `TcpStream` that fails its reads once its deadline passes ([`Mode`]) and its writes
 /// once they make no progress for the idle timeout. It holds one of the listener's slots until dropped.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     peer: SocketAddr,
+    /// The TCP addresses, read at accept (a TLS stream does not expose them while it handshakes).
+    info: tonic::transport::server::TcpConnectInfo,
     activity: Arc<Activity>,
     /// The read deadline, and the instant it is set to.
     read_timer: Pin<Box<Sleep>>,
@@ -387,11 +411,28 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(io: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, limits: Limits, mode: Mode) -> Self {
+    fn new(
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        limits: Limits,
+        mode: Mode,
+        tls: Option<&tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let far = Instant::now() + Duration::from_secs(86_400);
+        let info = tonic::transport::server::Connected::connect_info(&tcp);
+        let io = match tls {
+            None => Io::Plain(tcp),
+            Some(acceptor) => Io::Handshaking(Box::new(Handshake {
+                accept: acceptor.accept(tcp),
+                deadline: Box::pin(tokio::time::sleep(limits.handshake)),
+                peer,
+            })),
+        };
         Self {
             io,
             peer,
+            info,
             activity: Arc::new(Activity::new(mode, limits)),
             read_timer: Box::pin(tokio::time::sleep_until(far)),
             read_armed: None,
@@ -421,7 +462,7 @@ impl Conn {
     fn poll_write_with<T>(
         &mut self,
         cx: &mut Context<'_>,
-        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+        op: impl FnOnce(Pin<&mut Io>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match op(Pin::new(&mut self.io), cx) {
             Poll::Ready(result) => {
@@ -505,7 +546,129 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.info.clone()
+    }
+}
+
+/// A TLS handshake in progress, with its deadline.
+struct Handshake {
+    accept: tokio_rustls::Accept<TcpStream>,
+    deadline: Pin<Box<Sleep>>,
+    peer: SocketAddr,
+}
+
+/// What a [`Conn`] reads and writes: the TCP stream, or TLS over it (first its handshake).
+enum Io {
+    Plain(TcpStream),
+    Handshaking(Box<Handshake>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The handshake failed or timed out: every operation fails.
+    Failed,
+}
+
+impl Io {
+    /// Drives a TLS handshake to its end: `Ready(Ok)` once the stream is usable (at once when plain).
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Io::Handshaking(handshake) = self else {
+            return match self {
+                Io::Failed => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed"))),
+                _ => Poll::Ready(Ok(())),
+            };
+        };
+        let peer = handshake.peer;
+        match Pin::new(&mut handshake.accept).poll(cx) {
+            Poll::Ready(Ok(tls)) => {
+                *self = Io::Tls(Box::new(tls));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                *self = Io::Failed;
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => match handshake.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    *self = Io::Failed;
+                    let what = "the TLS handshake did not finish within the handshake timeout";
+                    tracing::debug!(%peer, "closing a connection: {what}");
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        match this {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        match this {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        match this {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(tcp) => tcp.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
+            Io::Handshaking(_) | Io::Failed => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        match this {
+            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            // Nothing was sent: dropping the connection closes it.
+            Io::Handshaking(_) | Io::Failed => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -513,6 +676,25 @@ impl tonic::transport::server::Connected for Conn {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Waits (up to 5 s) until a connection of `ended` ends with a time-out, and checks that it took at least `min`
+    /// (and less than 3 s) since `started`.
+    async fn trickler_times_out(
+        ended: &mut tokio::sync::mpsc::UnboundedReceiver<io::ErrorKind>,
+        started: std::time::Instant,
+        min: Duration,
+    ) {
+        let timed_out = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(end) = ended.recv().await {
+                if end == io::ErrorKind::TimedOut {
+                    return;
+                }
+            }
+        });
+        timed_out.await.expect("the trickling client is closed in time");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= min && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
 
     fn limits(max_connections: usize, handshake_ms: u64, idle_ms: u64) -> Limits {
         Limits { max_connections, handshake: Duration::from_millis(handshake_ms), idle: Duration::from_millis(idle_ms) }
@@ -620,10 +802,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("closed in time");
-        assert_eq!(end, Some(io::ErrorKind::TimedOut));
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(550) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+        // The quick client's connection ends when it is dropped (EOF); the trickling one times out.
+        trickler_times_out(&mut ended, started, Duration::from_millis(550)).await;
         trickle.abort();
     }
 
@@ -666,6 +846,134 @@ mod tests {
         })
         .await;
         assert_eq!(written, Ok(io::ErrorKind::TimedOut));
+    }
+
+    /// A TLS server configuration for `localhost` and a client configuration that trusts it.
+    fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = made.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A TLS echo server: each connection's handshake and echo run in a task of their own, as in the real servers;
+    /// the peer address each connection reports is sent on the channel, and how each ended.
+    async fn tls_echo(
+        limits: Limits,
+        config: Arc<rustls::ServerConfig>,
+    ) -> (
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Option<SocketAddr>>,
+        tokio::sync::mpsc::UnboundedReceiver<io::ErrorKind>,
+    ) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = tcp.local_addr().unwrap();
+        let mut listener = Listener::new(tcp, limits, Mode::Pinged).with_tls(Some(config));
+        assert!(listener.is_tls());
+        let (peers, peers_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await;
+                let info = tonic::transport::server::Connected::connect_info(&conn);
+                let _ = peers.send(info.remote_addr());
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let kind = loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) => break io::ErrorKind::UnexpectedEof,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).await.is_err() || conn.flush().await.is_err() {
+                                    break io::ErrorKind::BrokenPipe;
+                                }
+                            }
+                            Err(e) => break e.kind(),
+                        }
+                    };
+                    let _ = ended.send(kind);
+                });
+            }
+        });
+        (address, peers_rx, ended_rx)
+    }
+
+    async fn tls_client(
+        address: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(address).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    #[tokio::test]
+    async fn tls_connections_carry_data_and_report_the_peer() {
+        let (server, client) = tls_pair();
+        let (address, mut peers, _) = tls_echo(limits(8, 2_000, 10_000), server).await;
+        let mut tls = tls_client(address, client).await.unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        let local = tls.get_ref().0.local_addr().unwrap();
+        assert_eq!(peers.recv().await.unwrap(), Some(local), "the peer's address, as for plain TCP");
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_gets_nothing_from_a_tls_listener() {
+        let (server, _) = tls_pair();
+        let (address, _, mut ended) = tls_echo(limits(8, 2_000, 10_000), server).await;
+        let mut plain = TcpStream::connect(address).await.unwrap();
+        plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await.expect("closed");
+        assert!(!buf.windows(4).any(|w| w == b"PRI "), "nothing is echoed in clear: {buf:?}");
+        let end = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.unwrap().unwrap();
+        assert_ne!(end, io::ErrorKind::UnexpectedEof, "the handshake failed");
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_must_finish_within_the_handshake_timeout_and_blocks_no_one() {
+        let (server, client) = tls_pair();
+        // The idle timeout is long: only the handshake timeout can close the trickling client.
+        let (address, _, mut ended) = tls_echo(limits(8, 800, 30_000), server).await;
+
+        // A client that trickles the start of a ClientHello (a TLS record header, then a byte every 100 ms).
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        let started = std::time::Instant::now();
+        let trickle = tokio::spawn(async move {
+            let _ = slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+            for _ in 0..100 {
+                if slow.write_all(&[0x01]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            slow
+        });
+        // Meanwhile another client is served at once: the handshake does not hold up the accept loop.
+        let quick = tokio::time::timeout(Duration::from_millis(500), tls_client(address, client)).await;
+        assert!(quick.is_ok_and(|c| c.is_ok()), "a second client completes its handshake");
+
+        // The quick client's connection ends when it is dropped (EOF); the trickling one times out.
+        trickler_times_out(&mut ended, started, Duration::from_millis(700)).await;
+        trickle.abort();
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod runtime;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use crate::proto::registry::{Node, Options, Schema as SchemaMsg, Service, registry_server::RegistryServer};
 use crate::schema::{self, Schema};
@@ -50,6 +51,12 @@ pub struct ServerConfig {
     pub broker: broker::BrokerBackend,
     /// Whether the registry is shared with other servers.
     pub registry: registry::Sharing,
+    /// TLS for the proxy and the gateway (`--tls-cert`/`--tls-key` or `--tls self-signed`, `--tls-client-ca`);
+    /// `None` serves plaintext.
+    pub tls: Option<tls::TlsSettings>,
+    /// A PEM file of CA certificates the proxy trusts, besides the Mozilla roots, when it dials service nodes that
+    /// serve TLS (node metadata [`registry::TLS_KEY`]; `--tls-upstream-ca`).
+    pub tls_upstream_ca: Option<PathBuf>,
 }
 
 /// What can stop the server from starting or serving.
@@ -69,6 +76,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS settings cannot be used (a file is missing or bad, the key is not the certificate's).
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     /// Auth could not start.
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthError),
@@ -90,6 +100,9 @@ pub struct CoreContext {
     pub data_dir: PathBuf,
     /// The address of the gRPC proxy (what services get as `MICRO_PROXY`).
     pub proxy_address: std::net::SocketAddr,
+    /// When the proxy serves TLS: the CA file that verifies it ([`tls::ServerTls::verifying_ca`]). The services the
+    /// runtime starts then get `MICRO_PROXY=https://…` and this file as `MICRO_CA_CERT`.
+    pub proxy_ca: Option<PathBuf>,
     /// Cancelled when shutdown begins: end long-lived streams and stop background work.
     pub cancel: CancellationToken,
     /// Spawn background tasks here, so shutdown waits for them.
@@ -199,6 +212,35 @@ pub async fn serve_all(
     create_private_dir(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let address = listener.local_addr()?;
+    let tls = match &config.tls {
+        None => None,
+        Some(settings) => {
+            let mut listen = vec![address.ip()];
+            if let Some(api) = &api_listener {
+                listen.push(api.local_addr()?.ip());
+            }
+            let (settings, data_dir) = (settings.clone(), config.data_dir.clone());
+            let tls = tokio::task::spawn_blocking(move || tls::ServerTls::load(&settings, &data_dir, &listen))
+                .await
+                .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
+            match &tls.self_signed {
+                Some(ca) => tracing::info!(
+                    ca = %ca.path.display(),
+                    sha256 = %ca.sha256,
+                    "TLS with a self-signed certificate: clients must trust this CA (micro --ca-cert, curl --cacert)"
+                ),
+                None => tracing::info!(cert = %tls.cert.display(), key = %tls.key.display(), "TLS"),
+            }
+            if let Some(ca) = config.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+                tracing::info!(client_ca = %ca.display(), "mTLS: clients must present a certificate of this CA");
+            }
+            Some(tls)
+        }
+    };
+    let upstream = tls::upstream_client(config.tls_upstream_ca.as_deref())?;
+    if let Some(ca) = &config.tls_upstream_ca {
+        tracing::info!(upstream_ca = %ca.display(), "service nodes that serve TLS are verified with this CA too");
+    }
     let local_secret = crate::local_credential::create(&config.data_dir, address)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let registry = Arc::new(MemoryRegistry::new());
@@ -250,6 +292,7 @@ pub async fn serve_all(
     let ctx = CoreContext {
         data_dir: config.data_dir.clone(),
         proxy_address: address,
+        proxy_ca: tls.as_ref().map(|t| t.verifying_ca().to_path_buf()),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
         auth: auth.clone(),
@@ -282,7 +325,8 @@ pub async fn serve_all(
         CORE_GRPC.iter().map(|s| s.to_string()),
     )
     .with_auth(auth)
-    .with_local_secret(local_secret);
+    .with_local_secret(local_secret)
+    .with_upstream_tls(upstream);
 
     {
         let registry = registry.clone();
@@ -340,14 +384,21 @@ pub async fn serve_all(
             registry.clone(),
             gateway::GatewayConfig { cors_origins: config.cors_origins.clone() },
         );
-        tracing::info!(api = %api_address, "HTTP API gateway listening");
-        gateway_task = Some(tokio::spawn(gateway::serve(api, gw, stop.clone().cancelled_owned())));
+        let http_tls = tls.as_ref().map(|t| t.http.clone());
+        tracing::info!(api = %api_address, tls = http_tls.is_some(), "HTTP API gateway listening");
+        gateway_task = Some(tokio::spawn(gateway::serve_tls(api, gw, http_tls, stop.clone().cancelled_owned())));
     }
-    tracing::info!(proxy = %address, data_dir = %config.data_dir.display(), "micro server listening");
+    tracing::info!(
+        proxy = %address,
+        tls = tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        "micro server listening"
+    );
     let app = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let closing = cancel.clone();
-    let served = serve_grpc(app, incoming, stop.clone().cancelled_owned(), async move {
+    let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
+    let served = serve_grpc_tls(app, incoming, grpc_tls, stop.clone().cancelled_owned(), async move {
         // Long-lived streams (watches) hold connections open: end them so connections can drain.
         closing.cancel();
     })
@@ -379,12 +430,24 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_grpc_tls(routes, incoming, None, shutdown, on_shutdown).await
+}
+
+/// [`serve_grpc`], over TLS with `tls` when given (see [`tls`]: ALPN `h2`; the handshake runs in each connection,
+/// bounded by the handshake timeout of [`conn`]).
+pub async fn serve_grpc_tls(
+    routes: tonic::service::Routes,
+    incoming: tokio_stream::wrappers::TcpListenerStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
     // The connection limit and the handshake and idle timeouts (`conn`); the listener also sets TCP_NODELAY on
     // every connection (`Server::tcp_nodelay` does not apply to a listener we pass in). Live peers answer the
     // keepalive pings, so their connections, and long streams on them, never look idle.
     let limits = conn::Limits::from_env();
-    let incoming = conn::Listener::new(incoming.into_inner(), limits, conn::Mode::Pinged).into_stream();
+    let incoming = conn::Listener::new(incoming.into_inner(), limits, conn::Mode::Pinged).with_tls(tls).into_stream();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))

@@ -4,6 +4,13 @@
 //! reflection, and registers itself with its endpoints and schema through the proxy (`MICRO_PROXY`, default
 //! `127.0.0.1:8081`). It re-registers on an interval (a heartbeat that carries only the schema's hash) and
 //! deregisters when it stops. [`client::Client`] calls other services by name through the same proxy.
+//!
+//! **TLS.** An `https://` proxy address is reached over TLS, trusting the Mozilla roots and `MICRO_CA_CERT`. Given a
+//! certificate and key ([`Service::tls`], or `MICRO_TLS_CERT` and `MICRO_TLS_KEY`), the service serves TLS itself
+//! (ALPN `h2`; the files are re-read when they change) and registers its node with the metadata `tls=true`
+//! ([`crate::server::registry::TLS_KEY`]), so the proxy dials it over TLS only, verifying the certificate against
+//! `--tls-upstream-ca` for the node's host: the certificate must name the address the service registers (its
+//! listen address, `127.0.0.1` when it listens on every interface).
 
 pub mod broker;
 pub mod client;
@@ -22,6 +29,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -58,6 +66,7 @@ pub struct Service {
     address: Option<String>,
     ttl: Option<Duration>,
     interval: Option<Duration>,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Service {
@@ -75,6 +84,7 @@ impl Service {
             address: None,
             ttl: None,
             interval: None,
+            tls: None,
         }
     }
 
@@ -141,6 +151,14 @@ impl Service {
         self
     }
 
+    /// Serves TLS with this certificate chain and key (PEM files, re-read when they change), and registers the node
+    /// with `tls=true` so the proxy dials it over TLS (default `MICRO_TLS_CERT` and `MICRO_TLS_KEY`, when both are
+    /// set; else plaintext).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Registration TTL (default `MICRO_REGISTER_TTL`, else 90 s) and heartbeat interval (default
     /// `MICRO_REGISTER_INTERVAL`, else 30 s).
     pub fn register_ttl(mut self, ttl: Duration, interval: Duration) -> Self {
@@ -186,7 +204,8 @@ impl Service {
         let proxy = self.proxy.clone().or_else(|| env::var(env::MICRO_PROXY)).unwrap_or_else(|| DEFAULT_PROXY.into());
         let namespace = env::var(env::MICRO_NAMESPACE).unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
         let conn = Connection::new(&proxy, &namespace).map_err(|e| ServiceError::Config(e.to_string()))?;
-        let record = self.record(local, ttl, &namespace)?;
+        let tls = self.tls_config()?;
+        let record = self.record(local, ttl, &namespace, tls.is_some())?;
 
         // Health and reflection for our own services.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -212,11 +231,15 @@ impl Service {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let heartbeat =
             tokio::spawn(registration::heartbeat(conn.clone(), credentials, record.clone(), interval, stop_rx));
-        tracing::info!(service = %self.name, version = %self.version, address = %local, proxy = %proxy, "service listening");
+        tracing::info!(
+            service = %self.name, version = %self.version, address = %local, proxy = %proxy, tls = tls.is_some(),
+            "service listening"
+        );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let served = crate::server::serve_grpc(
+        let served = crate::server::serve_grpc_tls(
             tonic::service::Routes::from(router),
             incoming,
+            tls,
             async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
@@ -231,7 +254,32 @@ impl Service {
         Ok(())
     }
 
-    fn record(&self, local: SocketAddr, ttl: Duration, namespace: &str) -> Result<ServiceRecord, ServiceError> {
+    /// The TLS the service serves: [`Service::tls`], else `MICRO_TLS_CERT` with `MICRO_TLS_KEY`, else none.
+    fn tls_config(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ServiceError> {
+        let files = match (&self.tls, env::var(env::MICRO_TLS_CERT), env::var(env::MICRO_TLS_KEY)) {
+            (Some((cert, key)), _, _) => (cert.clone(), key.clone()),
+            (None, Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
+            (None, None, None) => return Ok(None),
+            (None, _, _) => {
+                return Err(ServiceError::Config(format!(
+                    "{} and {} go together: set both (to serve TLS) or neither",
+                    env::MICRO_TLS_CERT,
+                    env::MICRO_TLS_KEY
+                )));
+            }
+        };
+        crate::server::tls::service_config(&files.0, &files.1)
+            .map(Some)
+            .map_err(|e| ServiceError::Config(e.to_string()))
+    }
+
+    fn record(
+        &self,
+        local: SocketAddr,
+        ttl: Duration,
+        namespace: &str,
+        tls: bool,
+    ) -> Result<ServiceRecord, ServiceError> {
         let schema = match &self.descriptors {
             Some(bytes) => {
                 Some(Schema::decode(bytes.clone()).map_err(|e| ServiceError::Config(format!("descriptors: {e}")))?)
@@ -246,6 +294,13 @@ impl Service {
         let mut node_metadata = self.metadata.clone();
         for (k, v) in [("server", "grpc"), ("transport", "grpc"), ("protocol", "grpc")] {
             node_metadata.insert(k.into(), v.into());
+        }
+        // The node says whether it serves TLS, whatever the metadata set by hand said.
+        let tls_key = crate::server::registry::TLS_KEY;
+        if tls {
+            node_metadata.insert(tls_key.into(), "true".into());
+        } else {
+            node_metadata.remove(tls_key);
         }
         Ok(ServiceRecord {
             name: self.name.clone(),
@@ -377,5 +432,30 @@ mod registration {
             Ok(Err(status)) => tracing::warn!(service = %full.name, error = %status.message(), "deregistration failed"),
             Err(_) => tracing::warn!(service = %full.name, "deregistration timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_says_whether_it_serves_tls() {
+        let service = Service::new("svc").metadata(crate::server::registry::TLS_KEY, "true");
+        let local: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let tls = service.record(local, Duration::from_secs(90), "micro", true).unwrap();
+        assert_eq!(tls.nodes[0].metadata.get("tls").map(String::as_str), Some("true"));
+        assert_eq!(tls.nodes[0].address, "127.0.0.1:4000", "the host the certificate must name");
+        // Set by hand without TLS, it is not advertised: the proxy would fail to reach the node.
+        let plain = service.record(local, Duration::from_secs(90), "micro", false).unwrap();
+        assert!(!plain.nodes[0].metadata.contains_key("tls"), "{:?}", plain.nodes[0].metadata);
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_service_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = Service::new("svc").tls(&missing, &missing).tls_config().unwrap_err().to_string();
+        assert!(e.contains("cannot read the TLS certificate") && e.contains("missing.pem"), "{e}");
     }
 }

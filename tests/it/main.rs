@@ -31,3 +31,4 @@ mod services;
 mod stats;
 mod store;
 mod streaming;
+mod tls;

@@ -159,6 +159,136 @@ pub struct Platform {
     dirs: Dirs,
     token: OnceLock<String>,
     env: Vec<(String, String)>,
+    tls: Option<Tls>,
+}
+
+/// The TLS of a platform started with [`Platform::start_tls`].
+pub struct Tls {
+    /// The proxy's URL, `https://127.0.0.1:PORT` (the CLI's `MICRO_PROXY`, gRPC clients' target).
+    pub url: String,
+    /// The CA that verifies the server's certificate (`--ca-cert`/`MICRO_CA_CERT`, `curl --cacert`).
+    pub ca: PathBuf,
+    /// The certificate file the server serves (rewrite it, and [`Tls::key`], to rotate).
+    pub cert: PathBuf,
+    /// The key file of [`Tls::cert`].
+    pub key: PathBuf,
+    /// The test CA that issued the server's certificate (`None` for `--tls self-signed`).
+    pub issuer: Option<TestCa>,
+}
+
+/// A CA made for a test with rcgen: it issues server and client certificates into files.
+pub struct TestCa {
+    /// The CA certificate (PEM file).
+    pub pem: PathBuf,
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA named `name`, its certificate written to `dir/<name>-ca.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        std::fs::create_dir_all(dir).expect("create the PKI dir");
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("micro test CA {name}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).expect("a CA certificate");
+        let pem = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem, cert.pem()).expect("write the CA");
+        TestCa { pem, dir: dir.to_path_buf(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate with common name `cn`, for `hosts` (server) or none (client): (certificate PEM, key PEM).
+    pub fn issue(&self, cn: &str, hosts: &[&str], client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(hosts).expect("certificate params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).expect("sign a certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a server certificate for 127.0.0.1 and localhost with common name `cn` to `cert` and `key`, each
+    /// renamed into place (as a rotation does).
+    pub fn write_server(&self, cn: &str, cert: &Path, key: &Path) {
+        let (cert_pem, key_pem) = self.issue(cn, &["127.0.0.1", "localhost"], false);
+        write_renamed(key, &key_pem);
+        write_renamed(cert, &cert_pem);
+    }
+
+    /// A client certificate with common name `cn`: its certificate and key files, in the CA's dir.
+    pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let (cert_pem, key_pem) = self.issue(cn, &[], true);
+        let (cert, key) = (self.dir.join(format!("{cn}.pem")), self.dir.join(format!("{cn}.key")));
+        std::fs::write(&cert, cert_pem).expect("write a client certificate");
+        std::fs::write(&key, key_pem).expect("write a client key");
+        (cert, key)
+    }
+}
+
+/// Writes `text` to `path` through a temporary file renamed into place.
+pub fn write_renamed(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write a temporary file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// A rustls client configuration that trusts the CA of `ca` (a PEM file), presents `client` (certificate and key
+/// files) when given, and offers `alpn`.
+pub fn tls_client_config(ca: &Path, client: Option<(&Path, &Path)>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("read the CA") {
+        roots.add(cert.expect("a CA certificate")).expect("add the CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .expect("read the client certificate")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("a client certificate");
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("read the client key");
+            builder.with_client_auth_cert(chain, key).expect("a client certificate and key")
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` (`127.0.0.1:PORT`), verified as `127.0.0.1` with `config`, whose handshake is over.
+pub async fn tls_connect(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']).to_string();
+    let name = rustls_pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// The certificate that the TLS server at `addr` presents, verified with the CA of `ca` (a PEM file).
+pub fn peer_certificate(addr: &str, ca: &Path) -> Result<Vec<u8>, String> {
+    let config = tls_client_config(ca, None, &["h2"]);
+    block_on(async move {
+        let tls = tls_connect(addr, config).await.map_err(|e| e.to_string())?;
+        let certs = tls.get_ref().1.peer_certificates().ok_or("no peer certificate")?;
+        Ok(certs[0].to_vec())
+    })
 }
 
 /// The default admin account of a fresh server: name and password.
@@ -192,13 +322,69 @@ impl Platform {
         }
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (server, addr) = spawn_server(&dirs, "127.0.0.1:0", &env);
-        let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new(), env };
+        let platform = Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new(), env, tls: None };
         platform.wait_until("the proxy answers", |p| p.micro(["services"]).code == 0);
         // Calls to services need an account: the CLI logs in as the default admin (registry reads and reflection
         // are public, so those work either way).
         platform.login_admin();
         platform.token();
         platform
+    }
+
+    /// Starts a server whose proxy and gateway serve TLS, and waits until the proxy completes a TLS handshake (with
+    /// a client of this harness, not the CLI). The admin is not logged in until [`Platform::token`] is first asked.
+    ///
+    /// Unless `env` sets `MICRO_TLS` (`self-signed`: the server makes its CA in the data dir), a test CA
+    /// ([`Tls::issuer`]) issues a certificate for 127.0.0.1 and localhost, passed in `MICRO_TLS_CERT` and
+    /// `MICRO_TLS_KEY`. The CLI ([`Platform::cli`]) gets `MICRO_PROXY=https://127.0.0.1:PORT` and
+    /// `MICRO_CA_CERT`.
+    pub fn start_tls(env: &[(&str, &str)]) -> Platform {
+        let dirs = Dirs::new();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let data = dirs.root.path().join("data");
+        let mut tls = if env.iter().any(|(k, _)| k == "MICRO_TLS") {
+            let dir = data.join("tls");
+            Tls {
+                url: String::new(),
+                ca: dir.join("ca.pem"),
+                cert: dir.join("server.pem"),
+                key: dir.join("server.key"),
+                issuer: None,
+            }
+        } else {
+            let pki = dirs.root.path().join("pki");
+            let issuer = TestCa::new(&pki, "server");
+            let (cert, key) = (pki.join("server.pem"), pki.join("server.key"));
+            issuer.write_server("micro test server", &cert, &key);
+            env.push(("MICRO_TLS_CERT".into(), cert.display().to_string()));
+            env.push(("MICRO_TLS_KEY".into(), key.display().to_string()));
+            Tls { url: String::new(), ca: issuer.pem.clone(), cert, key, issuer: Some(issuer) }
+        };
+        let (server, addr) = spawn_server(&dirs, "127.0.0.1:0", &env);
+        tls.url = format!("https://{addr}");
+        let platform =
+            Platform { addr, services: Vec::new(), server, dirs, token: OnceLock::new(), env, tls: Some(tls) };
+        platform.wait_until("the proxy completes a TLS handshake", Platform::tls_answers);
+        platform
+    }
+
+    /// The TLS of a platform started with [`Platform::start_tls`].
+    #[track_caller]
+    pub fn tls(&self) -> &Tls {
+        self.tls.as_ref().expect("a platform started with Platform::start_tls")
+    }
+
+    /// Whether the proxy completes a TLS handshake (ALPN h2) verified with the platform's CA. Under mTLS, a
+    /// TLS 1.3 client finishes its handshake before the server checks its certificate, so this holds too.
+    fn tls_answers(&self) -> bool {
+        let Some(tls) = &self.tls else { return false };
+        if !tls.ca.is_file() {
+            return false;
+        }
+        let (addr, config) = (self.addr.clone(), tls_client_config(&tls.ca, None, &["h2"]));
+        block_on(async move {
+            tokio::time::timeout(Duration::from_secs(5), tls_connect(&addr, config)).await.is_ok_and(|r| r.is_ok())
+        })
     }
 
     /// Logs the admin's CLI in again (`micro login`).
@@ -218,6 +404,10 @@ impl Platform {
         let (server, addr) = spawn_server(&self.dirs, &self.addr, &self.env);
         assert_eq!(addr, self.addr, "the server came back on another address");
         self.server = server;
+        if self.tls.is_some() {
+            self.wait_until("the proxy completes a TLS handshake again", Platform::tls_answers);
+            return;
+        }
         self.wait_until("the proxy answers again", |p| p.micro(["services"]).code == 0);
         self.login_admin();
     }
@@ -225,6 +415,10 @@ impl Platform {
     /// The access token of the logged-in admin (`micro user token`).
     pub fn token(&self) -> &str {
         self.token.get_or_init(|| {
+            if self.tls.is_some() {
+                // A TLS platform logs the admin in on first use (see `start_tls`).
+                self.login_admin();
+            }
             let run = self.micro(["user", "token"]).ok();
             let token = run.stdout.trim().to_string();
             assert!(!token.is_empty(), "{}", run.snapshot());
@@ -310,7 +504,20 @@ impl Platform {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Cli::new(&self.addr, &self.dirs, args)
+        self.tls_cli(Cli::new(self.cli_proxy(), &self.dirs, args))
+    }
+
+    /// The proxy address the CLI gets: `127.0.0.1:PORT`, or the `https://` URL of a TLS platform.
+    fn cli_proxy(&self) -> &str {
+        self.tls.as_ref().map_or(&self.addr, |t| &t.url)
+    }
+
+    /// `cli` with the platform's CA (`MICRO_CA_CERT`) when it serves TLS.
+    fn tls_cli(&self, cli: Cli) -> Cli {
+        match &self.tls {
+            Some(tls) => cli.env("MICRO_CA_CERT", &tls.ca.display().to_string()),
+            None => cli,
+        }
     }
 
     /// Runs the `micro` CLI with `args` and no stdin.
@@ -327,9 +534,12 @@ impl Platform {
         self.dirs.root.path().join(name)
     }
 
-    /// The gRPC URL of the proxy, `http://127.0.0.1:PORT`.
+    /// The gRPC URL of the proxy, `http://127.0.0.1:PORT` (`https://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls {
+            Some(tls) => tls.url.clone(),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// The address of the HTTP API gateway, `127.0.0.1:PORT`, from the server's log line
@@ -343,9 +553,10 @@ impl Platform {
             .unwrap_or_else(|| panic!("the server did not log its API gateway address:\n{log}"))
     }
 
-    /// The base URL of the HTTP API gateway, `http://127.0.0.1:PORT`.
+    /// The base URL of the HTTP API gateway, `http://127.0.0.1:PORT` (`https://` when it serves TLS).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.api())
     }
 
     /// The `micro` CLI of another user of this platform: HOME, config (with its token store) and cache in `dirs`
@@ -355,7 +566,7 @@ impl Platform {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Cli::new(&self.addr, dirs, args)
+        self.tls_cli(Cli::new(self.cli_proxy(), dirs, args))
     }
 
     /// The token store (`tokens.json`) of the admin's CLI ([`Platform::cli`]).
@@ -743,13 +954,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime")
 }
 
-/// A tonic channel to the proxy.
+/// A tonic channel to the proxy (over TLS, trusting the platform's CA, when it serves TLS).
 pub async fn channel(platform: &Platform) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(platform.url())
-        .expect("a valid URL")
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", platform.addr))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(platform.url()).expect("a valid URL");
+    if let Some(tls) = &platform.tls {
+        let ca = std::fs::read(&tls.ca).expect("read the CA");
+        let config =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(config).expect("a TLS configuration");
+    }
+    endpoint.connect().await.unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", platform.addr))
 }
 
 /// Runs `micro server` with `args` on ports of its own and a fresh data dir, expecting it to stop by itself (a

@@ -74,6 +74,8 @@ async fn main() -> anyhow::Result<()> {
         store,
         broker,
         registry: Default::default(),
+        tls: None,
+        tls_upstream_ca: None,
     };
     let shared = config.store != micro::server::store::StoreBackend::default();
     let server_dir = config.data_dir.clone();

@@ -355,6 +355,16 @@ fn pick(endpoint: &Endpoint, picks: Vec<(Index, String)>) -> Vec<(String, String
 /// finding 2).
 const UNNAMED: &str = "invalid request: ";
 
+/// Runs the flags `picks` chooses on endpoint number `endpoint`, and checks what holds for every conversion.
+fn convert(endpoint: usize, picks: Vec<(Index, String)>) -> Result<Conversion, TestCaseError> {
+    let endpoint = &ENDPOINTS[endpoint];
+    let flags = pick(endpoint, picks);
+    let flags: Vec<(&str, &str)> = flags.iter().map(|(l, v)| (l.as_str(), v.as_str())).collect();
+    let conversion = Conversion::run(endpoint, &flags)?;
+    conversion.check()?;
+    Ok(conversion)
+}
+
 proptest! {
     #![proptest_config(crate::codec::proptests::config(256))]
 
@@ -365,11 +375,7 @@ proptest! {
         endpoint in endpoint_with_flags(),
         picks in vec((any::<Index>(), value()), 1..4),
     ) {
-        let endpoint = &ENDPOINTS[endpoint];
-        let flags = pick(endpoint, picks);
-        let flags: Vec<(&str, &str)> = flags.iter().map(|(l, v)| (l.as_str(), v.as_str())).collect();
-        let conversion = Conversion::run(endpoint, &flags)?;
-        conversion.check()?;
+        let conversion = convert(endpoint, picks)?;
         let unnamed = conversion.result.as_ref().err().is_some_and(|e| e.message.starts_with(UNNAMED));
         prop_assert!(
             conversion.names_a_flag() || unnamed,
@@ -388,11 +394,7 @@ proptest! {
         endpoint in endpoint_with_flags(),
         picks in vec((any::<Index>(), value()), 1..4),
     ) {
-        let endpoint = &ENDPOINTS[endpoint];
-        let flags = pick(endpoint, picks);
-        let flags: Vec<(&str, &str)> = flags.iter().map(|(l, v)| (l.as_str(), v.as_str())).collect();
-        let conversion = Conversion::run(endpoint, &flags)?;
-        conversion.check()?;
+        let conversion = convert(endpoint, picks)?;
         prop_assert!(
             conversion.names_a_flag(),
             "{:?} for {}: the error names no flag: {}",

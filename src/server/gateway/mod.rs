@@ -256,6 +256,18 @@ pub async fn serve(
     serve_limited(listener, gateway, shutdown, conn::Limits::from_env()).await
 }
 
+/// [`serve`], over TLS with `tls` when given (ALPN `h2` and `http/1.1`; see [`crate::server::tls`]). The handshake
+/// runs in each connection's task, bounded by the handshake timeout.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = conn::Listener::new(listener, conn::Limits::from_env(), conn::Mode::Requests).with_tls(tls);
+    serve_listener(listener, gateway, shutdown).await
+}
+
 /// [`serve`] with the given connection limits.
 async fn serve_limited(
     listener: tokio::net::TcpListener,
@@ -263,9 +275,17 @@ async fn serve_limited(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: conn::Limits,
 ) -> std::io::Result<()> {
+    serve_listener(conn::Listener::new(listener, limits, conn::Mode::Requests), gateway, shutdown).await
+}
+
+/// Serves `gateway` on the connections of `listener` until `shutdown` resolves.
+async fn serve_listener(
+    listener: conn::Listener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = gateway.inner.closing.clone();
     let service = gateway.service();
-    let listener = conn::Listener::new(listener, limits, conn::Mode::Requests);
     axum::serve(listener, PerConnection(service))
         .with_graceful_shutdown(async move {
             shutdown.await;

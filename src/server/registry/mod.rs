@@ -22,6 +22,11 @@ pub const WILDCARD_DOMAIN: &str = "*";
 /// Node metadata naming the owner of a service: the account that registered it (`id@issuer`), [`LOCAL_OWNER`]
 /// for the local credential, or [`SERVER_OWNER`] for the core services.
 pub const OWNER_KEY: &str = "micro.owner";
+/// Node metadata saying that the node serves TLS (`true`; the service library sets it when the service is given
+/// `MICRO_TLS_CERT` and `MICRO_TLS_KEY`). The proxy dials such a node over TLS only (`https`, ALPN `h2`, verified
+/// against `--tls-upstream-ca` and the Mozilla roots for the node's host), never in plaintext; any value but `false`,
+/// `0`, `no`, `off` or empty counts as `true`.
+pub const TLS_KEY: &str = "tls";
 /// The owner of the core services: nobody can add, replace or remove their nodes.
 pub const SERVER_OWNER: &str = "server";
 /// The owner of services registered with the local credential (processes of the server's OS user).
@@ -187,8 +192,8 @@ impl Record {
 /// Where the proxy can send a call: the nodes of one service, precomputed on every change.
 #[derive(Clone, Debug, Default)]
 pub struct Route {
-    /// Node addresses with their ids, in a stable order.
-    pub nodes: Arc<[(String, String)]>,
+    /// Node addresses with their ids and whether they serve TLS ([`TLS_KEY`]), in a stable order.
+    pub nodes: Arc<[(String, String, bool)]>,
     /// The service's owner ([`OWNER_KEY`]; empty when the server registered it without one).
     pub owner: Arc<str>,
 }
@@ -202,6 +207,12 @@ struct State {
     routes: HashMap<String, HashMap<String, Route>>,
     /// domain → fully-qualified gRPC service → the service name that claimed it first (routing by path).
     grpc_services: HashMap<String, HashMap<String, String>>,
+}
+
+/// Whether a node serves TLS ([`TLS_KEY`]): any value but `false`, `0`, `no`, `off` or empty, so that a typo never
+/// means plaintext.
+pub fn serves_tls(node: &Node) -> bool {
+    node.metadata.get(TLS_KEY).is_some_and(|v| crate::client::tls::truthy(v))
 }
 
 /// The owner of a node ([`OWNER_KEY`]), empty when none was recorded.
@@ -425,7 +436,9 @@ fn reindex(state: &mut State, claimant: Option<(&str, &str)>) {
             let mut nodes = Vec::new();
             let mut owner = "";
             for record in versions.values() {
-                nodes.extend(record.nodes.values().map(|e| (e.node.address.clone(), e.node.id.clone())));
+                nodes.extend(
+                    record.nodes.values().map(|e| (e.node.address.clone(), e.node.id.clone(), serves_tls(&e.node))),
+                );
                 if let Some(e) = record.nodes.values().next() {
                     owner = owner_of(&e.node);
                 }

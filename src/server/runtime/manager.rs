@@ -797,18 +797,22 @@ impl Runtime {
     }
 
     fn spec(&self, record: &Record, launch: Launch, workdir: PathBuf, registers: bool) -> RunSpec {
-        let mut env: Vec<(String, String)> = record
-            .env
-            .iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect();
+        // A TLS proxy's CA comes first, so that the service's own `MICRO_CA_CERT` (`--env_vars`) wins.
+        let mut env: Vec<(String, String)> =
+            self.ctx.proxy_ca.iter().map(|ca| (env::MICRO_CA_CERT.to_string(), ca.display().to_string())).collect();
+        env.extend(record.env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))));
         env.extend(record.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut proxy = self.ctx.proxy_address;
         if proxy.ip().is_unspecified() {
             proxy.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
+        // The proxy's scheme: a TLS proxy is reached over TLS only.
+        let proxy = match self.ctx.proxy_ca {
+            Some(_) => format!("https://{proxy}"),
+            None => proxy.to_string(),
+        };
         for (k, v) in [
-            (env::MICRO_PROXY, proxy.to_string()),
+            (env::MICRO_PROXY, proxy),
             (env::MICRO_SERVICE_NAME, record.name.clone()),
             (env::MICRO_SERVICE_VERSION, record.version.clone()),
             (env::MICRO_NAMESPACE, record.namespace.clone()),
