@@ -45,9 +45,17 @@ pub struct Target {
 impl Target {
     /// Connects `connections` channels to `address` and checks that a call answers `Hello x`.
     pub async fn connect(address: SocketAddr, connections: usize, bearer: &Bearer) -> anyhow::Result<Self> {
+        Self::connect_endpoint(Endpoint::from_shared(format!("http://{address}"))?, connections, bearer).await
+    }
+
+    /// Connects `connections` channels to `endpoint` (TLS or not, as it is configured) and checks that a call
+    /// answers `Hello x`.
+    pub async fn connect_endpoint(endpoint: Endpoint, connections: usize, bearer: &Bearer) -> anyhow::Result<Self> {
+        let address = endpoint.uri().to_string();
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            let channel = Endpoint::from_shared(format!("http://{address}"))?
+            let channel = endpoint
+                .clone()
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
                 .connect()
