@@ -111,15 +111,8 @@ impl Platform {
         let listener = server_rt.block_on(TcpListener::bind("127.0.0.1:0")).context("cannot bind the proxy")?;
         let proxy = listener.local_addr()?;
         let config = micro::server::ServerConfig {
-            data_dir: data.path().join("server"),
-            prune_interval: Duration::from_secs(1),
             admin_password: Some(ADMIN_PASSWORD.into()),
-            cors_origins: Vec::new(),
-            store: Default::default(),
-            broker: Default::default(),
-            registry: Default::default(),
-            tls: None,
-            tls_upstream_ca: None,
+            ..micro::server::ServerConfig::new(data.path().join("server"))
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {

@@ -161,15 +161,9 @@ async fn start(dir: &Path, tls: Option<TlsSettings>, service: SocketAddr) -> any
     let address = listener.local_addr()?;
     let secure = tls.is_some();
     let config = micro::server::ServerConfig {
-        data_dir: dir.to_path_buf(),
-        prune_interval: Duration::from_secs(1),
         admin_password: Some(ADMIN_PASSWORD.into()),
-        cors_origins: Vec::new(),
-        store: Default::default(),
-        broker: Default::default(),
-        registry: Default::default(),
         tls,
-        tls_upstream_ca: None,
+        ..micro::server::ServerConfig::new(dir.to_path_buf())
     };
     tokio::spawn(micro::server::serve(listener, config, std::future::pending()));
     let url = if secure { format!("https://{address}") } else { address.to_string() };

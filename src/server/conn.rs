@@ -599,31 +599,32 @@ impl Io {
     }
 }
 
+/// What a usable [`Io`] is: the TCP stream or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
+
+impl Io {
+    /// The stream to read or write, once the handshake (if any) is over; the handshake's error otherwise.
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Pin<&mut dyn Stream>>> {
+        std::task::ready!(self.poll_handshake(cx))?;
+        Poll::Ready(match self {
+            Io::Plain(tcp) => Ok(Pin::new(tcp as &mut dyn Stream)),
+            Io::Tls(tls) => Ok(Pin::new(tls.as_mut() as &mut dyn Stream)),
+            Io::Handshaking(_) | Io::Failed => Err(io::Error::new(io::ErrorKind::NotConnected, "no TLS session")),
+        })
+    }
+}
+
 impl AsyncRead for Io {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        match this {
-            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
-        }
+        std::task::ready!(self.get_mut().poll_stream(cx))?.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        match this {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
-        }
+        std::task::ready!(self.get_mut().poll_stream(cx))?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -631,15 +632,7 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        match this {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
-        }
+        std::task::ready!(self.get_mut().poll_stream(cx))?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -651,15 +644,7 @@ impl AsyncWrite for Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Err(e) = std::task::ready!(this.poll_handshake(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        match this {
-            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-            Io::Handshaking(_) | Io::Failed => unreachable!("the handshake is over"),
-        }
+        std::task::ready!(self.get_mut().poll_stream(cx))?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

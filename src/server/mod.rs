@@ -59,6 +59,24 @@ pub struct ServerConfig {
     pub tls_upstream_ca: Option<PathBuf>,
 }
 
+impl ServerConfig {
+    /// A server keeping its data in `data_dir`, with every other setting at its default: prune every second, the
+    /// default admin password, no CORS origins, the embedded store, broker and registry, no TLS.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            prune_interval: Duration::from_secs(1),
+            admin_password: None,
+            cors_origins: Vec::new(),
+            store: Default::default(),
+            broker: Default::default(),
+            registry: Default::default(),
+            tls: None,
+            tls_upstream_ca: None,
+        }
+    }
+}
+
 /// What can stop the server from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -67,15 +67,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?.to_string();
     let config = micro::server::ServerConfig {
-        data_dir: data.path().join("server"),
-        prune_interval: Duration::from_secs(1),
         admin_password: Some(ADMIN_PASSWORD.into()),
-        cors_origins: Vec::new(),
         store,
         broker,
-        registry: Default::default(),
-        tls: None,
-        tls_upstream_ca: None,
+        ..micro::server::ServerConfig::new(data.path().join("server"))
     };
     let shared = config.store != micro::server::store::StoreBackend::default();
     let server_dir = config.data_dir.clone();
