@@ -1,73 +1,101 @@
-//! Compiles the core services' protos with protox (no `protoc` needed) and writes the
-//! descriptor set to `OUT_DIR` so the binary can embed it for reflection.
+//! Embeds the service library's source in the `micro` binary, so that `micro new` can lay it out once per version
+//! under the user's data dir and generated services build wherever they are, with or without a checkout of micro.
 //!
-//! The code is generated in two passes into one file per package. The first generates the messages and the clients,
-//! with tonic's prost codec: a response that is not valid protobuf is the server's fault, `INTERNAL`. The second
-//! generates the servers alone (the messages are the first pass's) with `crate::codec::RequestCodec`, so that a
-//! request that is not valid protobuf is answered `INVALID_ARGUMENT`, the caller's fault.
+//! The embedded tree is the library and what it stands on: `crates/core`, `crates/client`, `crates/micro` (their
+//! manifests, build scripts and sources), `proto/micro`, micro's `Cargo.lock`, and a workspace manifest made from
+//! this one's `[workspace…]` sections with those three crates as its members. Its id (a hash of every path and
+//! byte) names the directory it is laid out in, so a changed library never overwrites one that services use.
 
-use prost::Message;
-use std::collections::BTreeSet;
-use std::{env, fs, path::PathBuf};
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write as _;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::{env, fs};
 
-const PROTOS: &[&str] = &[
-    "proto/micro/registry/registry.proto",
-    "proto/micro/auth/auth.proto",
-    "proto/micro/store/store.proto",
-    "proto/micro/config/config.proto",
-    "proto/micro/broker/broker.proto",
-    "proto/micro/events/events.proto",
-    "proto/micro/runtime/runtime.proto",
-    "proto/micro/debug/debug.proto",
-];
-
-/// The codec of the generated servers (`src/codec.rs`).
-const SERVER_CODEC: &str = "crate::codec::RequestCodec";
+/// The library's crates, and the protos the bottom one compiles.
+const ROOTS: &[&str] = &["crates/core", "crates/client", "crates/micro", "proto/micro"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
-    let fds = protox::Compiler::new(["proto"])?
-        .include_imports(true)
-        .include_source_info(true)
-        .open_files(PROTOS.iter().map(|p| p.trim_start_matches("proto/")))?
-        .file_descriptor_set();
-    let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("micro_descriptor.bin"), fds.encode_to_vec())?;
-    // The packages with services; `src/proto.rs` includes each as `crate::proto::<package>`.
-    let packages: BTreeSet<String> =
-        fds.file.iter().filter(|f| !f.service.is_empty()).map(|f| f.package().to_string()).collect();
-
-    // Messages and clients.
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(false)
-        .bytes(".registry.Schema.descriptor_set")
-        .compile_fds(fds.clone())?;
-
-    // Servers, over the first pass's messages (extern, so not generated again), into a directory of their own.
-    let servers = out.join("servers");
-    fs::create_dir_all(&servers)?;
-    let mut builder = tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(true)
-        .codec_path(SERVER_CODEC)
-        .out_dir(&servers);
-    for package in &packages {
-        builder = builder.extern_path(format!(".{package}"), format!("crate::proto::{package}"));
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for dir in ROOTS {
+        println!("cargo:rerun-if-changed={dir}");
+        collect(&root, &root.join(dir), &mut files)?;
     }
-    builder.compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    files.push(("Cargo.lock".into(), root.join("Cargo.lock")));
+    files.sort();
 
-    // One file per package, as `tonic::include_proto!` expects: the messages and clients, then the servers.
-    for package in &packages {
-        let file = format!("{package}.rs");
-        let mut code = fs::read_to_string(out.join(&file))?;
-        let server = fs::read_to_string(servers.join(&file))?;
-        if !server.contains(SERVER_CODEC) {
-            return Err(format!("the server code of package {package} does not use {SERVER_CODEC}").into());
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let manifest = workspace_manifest(&fs::read_to_string(root.join("Cargo.toml"))?)?;
+    fs::write(out.join("library-Cargo.toml"), &manifest)?;
+    files.push(("Cargo.toml".into(), out.join("library-Cargo.toml")));
+
+    let mut hasher = DefaultHasher::new();
+    let mut code = String::from("/// The library's files: (path in the layout, contents).\n");
+    code.push_str("pub(crate) const FILES: &[(&str, &[u8])] = &[\n");
+    for (path, file) in &files {
+        hasher.write(path.as_bytes());
+        hasher.write(&fs::read(file)?);
+        writeln!(code, "    ({path:?}, include_bytes!({:?})),", file.display().to_string())?;
+    }
+    code.push_str("];\n");
+    writeln!(
+        code,
+        "/// A hash of every path and byte of [`FILES`].\npub(crate) const ID: &str = \"{:016x}\";",
+        hasher.finish()
+    )?;
+    fs::write(out.join("library.rs"), code)?;
+    Ok(())
+}
+
+/// Every file under `dir`, by its path relative to `root` (with `/`), leaving out editor and build leftovers.
+fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) -> Result<(), Box<dyn std::error::Error>> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') || name == "target" || name.ends_with('~') {
+            continue;
         }
-        code.push('\n');
-        code.push_str(&server);
-        fs::write(out.join(&file), code)?;
+        if path.is_dir() {
+            collect(root, &path, files)?;
+        } else {
+            let relative =
+                path.strip_prefix(root)?.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>();
+            files.push((relative.join("/"), path));
+        }
     }
     Ok(())
+}
+
+/// The workspace manifest of the layout: this manifest's `[workspace]`, `[workspace.package]` and
+/// `[workspace.dependencies]` sections, with the library's crates as the members.
+fn workspace_manifest(manifest: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let mut out = String::from(
+        "# The micro service library, laid out by `micro new` for services to depend on. Do not edit: a new micro\n\
+         # lays out its own library next to this one.\n",
+    );
+    let mut keep = false;
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            keep = line.starts_with("[workspace");
+            if keep {
+                out.push('\n');
+            }
+        }
+        if !keep {
+            continue;
+        }
+        if line.trim_start().starts_with("members") {
+            out.push_str("members = [\"crates/core\", \"crates/client\", \"crates/micro\"]\n");
+        } else if !line.trim().is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !out.contains("[workspace]") {
+        return Err("Cargo.toml has no [workspace] section".into());
+    }
+    Ok(out)
 }

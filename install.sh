@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds micro from this checkout and installs it for the current user:
 #
-#   the binary          → ${PREFIX:-$HOME/.local}/bin/micro
+#   the binary          → ${PREFIX:-$HOME/.local}/bin/micro  (without its debug info, which goes beside it in
+#                         bin/.debug/micro.debug, where backtraces and gdb find it)
 #   bash completion     → ${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion/completions/micro
 #   zsh completion      → ${XDG_DATA_HOME:-$HOME/.local/share}/zsh/site-functions/_micro
 #   fish completion     → ${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/micro.fish
 #
-# Usage: ./install.sh            (PREFIX=/usr/local ./install.sh to install elsewhere)
+# Then it warms micro's build cache: it builds a throwaway `micro new` service, so that the service library's
+# dependencies are compiled once for every service you will `micro run` (skip with --no-warm).
+#
+# Usage: ./install.sh [--no-warm]     (PREFIX=/usr/local ./install.sh to install elsewhere)
 #
 # It is safe to run again: every file is replaced atomically, nothing else is touched.
 set -euo pipefail
@@ -19,14 +23,17 @@ say() {
     echo "install.sh: $*"
 }
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    "") ;;
-    *) die "unknown argument '$1' (try --help)" ;;
-esac
+warm=1
+for arg in "$@"; do
+    case "$arg" in
+        -h | --help)
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        --no-warm) warm=0 ;;
+        *) die "unknown argument '$arg' (try --help)" ;;
+    esac
+done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
@@ -42,8 +49,8 @@ config_home="${XDG_CONFIG_HOME:-$HOME/.config}"
 
 cargo_version="$(cargo --version 2>&1)" ||
     die "cargo is installed but does not work: ${cargo_version%%$'\n'*}"
-say "building micro with $cargo_version (cargo build --release --locked -p micro)"
-cargo build --release --locked -p micro ||
+say "building micro with $cargo_version (cargo build --release --locked -p micro-cli)"
+cargo build --release --locked -p micro-cli ||
     die "the build failed (see the errors above). If cargo says the lock file needs to be updated, your checkout is not clean: run 'git status'."
 
 # Where cargo put the binary: honour CARGO_TARGET_DIR and build.target-dir.
@@ -66,8 +73,22 @@ install_file() {
     fi
 }
 
-install_file "$built" "$bin_dir/micro" 0755
-say "installed $bin_dir/micro ($("$bin_dir/micro" --version))"
+# The debug info (line tables, for backtraces with file and line) goes into its own file; the installed binary
+# keeps its symbols and a link to that file (.gnu_debuglink), which Rust's backtraces and gdb follow.
+split="$(mktemp -d)"
+trap 'rm -rf "$split"' EXIT
+if command -v objcopy >/dev/null 2>&1; then
+    objcopy --only-keep-debug "$built" "$split/micro.debug" &&
+        objcopy --strip-debug --add-gnu-debuglink="$split/micro.debug" "$built" "$split/micro" ||
+        die "objcopy could not split the debug info out of $built"
+    install_file "$split/micro.debug" "$bin_dir/.debug/micro.debug" 0644
+else
+    say "warning: objcopy (binutils) is missing, so the binary keeps its debug info (about 5 times bigger)"
+    cp "$built" "$split/micro"
+fi
+install_file "$split/micro" "$bin_dir/micro" 0755
+size_mb=$(($(wc -c <"$bin_dir/micro") / 1000000))
+say "installed $bin_dir/micro ($("$bin_dir/micro" --version), ${size_mb} MB)"
 
 # Completion scripts: the checked-in ones, or freshly generated if a file is missing.
 install_completion() {
@@ -86,6 +107,17 @@ install_completion() {
 install_completion bash micro.bash "$data_home/bash-completion/completions/micro"
 install_completion zsh _micro "$data_home/zsh/site-functions/_micro"
 install_completion fish micro.fish "$config_home/fish/completions/micro.fish"
+
+# Warm the build cache: `micro run` and `micro update` build services with the release profile in micro's build
+# dir (~/.cache/micro/build, MICRO_BUILD_DIR), shared by every service. Building one throwaway service now
+# compiles the library's dependencies once, so the first `micro run` of a new service takes seconds, not minutes.
+if [[ $warm == 1 ]]; then
+    say "warming the build cache: building a throwaway service (a few minutes, once; skip with --no-warm)"
+    warmup="$split/warmup"
+    "$bin_dir/micro" new "$warmup" --build >/dev/null ||
+        die "the warm-up build failed (see above); micro is installed, and 'micro run' will build what it needs"
+    say "the build cache is warm: new services build in seconds"
+fi
 
 case ":${PATH}:" in
     *":$bin_dir:"*) ;;

@@ -17,7 +17,7 @@
 //! is a general failure, 1: nothing is wrong with the input, the env's address is not safe for secrets.
 //!
 //! A failure to reach the proxy says what was found at the address and what to do
-//! ([`crate::client::diagnose::explain`]); every such message starts with `Failed to connect to micro server at`.
+//! ([`micro_client::diagnose::explain`]); every such message starts with `Failed to connect to micro server at`.
 use tonic::Code;
 
 /// The exit status of the `micro` process.
@@ -131,10 +131,10 @@ pub fn detail(message: &str) -> String {
 /// Maps a gRPC status to what the user sees, following Micro's table.
 ///
 /// A failure to reach the proxy (a transport error, or an answer that is not gRPC) is explained from what is at
-/// `ctx.address` ([`crate::client::diagnose::explain`], which may probe the address for a moment): exit 4.
+/// `ctx.address` ([`micro_client::diagnose::explain`], which may probe the address for a moment): exit 4.
 pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
     if !ctx.address.is_empty()
-        && let Some(message) = crate::client::diagnose::explain(status, &ctx.address)
+        && let Some(message) = micro_client::diagnose::explain(status, &ctx.address)
     {
         return CliError::new(ExitStatus::NotFound, message);
     }
@@ -230,5 +230,80 @@ mod tests {
         assert_eq!(classify(&err).0, ExitStatus::Success);
         let err = anyhow::Error::from(CliError::input("bad"));
         assert_eq!(classify(&err), (ExitStatus::InvalidInput, "bad".to_string()));
+    }
+}
+
+/// Real TLS and plaintext servers, reached through [`Connection`](micro_client::Connection), and the messages of
+/// every failure.
+#[cfg(test)]
+mod tls_tests {
+    use crate::exit::{ExitStatus, RpcContext, from_status};
+    use micro_client::Connection;
+    use micro_client::tls::ClientTls;
+    use micro_client::tls::testing::{Ca, health_server};
+
+    /// A health check through a connection to `address` with `tls`: `Ok` or the user's message and exit status.
+    async fn check(address: &str, tls: &ClientTls) -> Result<(), (ExitStatus, String)> {
+        let conn = Connection::with_tls(address, "micro", tls).unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(conn.channel());
+        let req = conn.request(tonic_health::pb::HealthCheckRequest { service: String::new() });
+        client.check(req).await.map(|_| ()).map_err(|s| {
+            let e = from_status(&s, &RpcContext { address: address.into(), endpoint: "Health.Check".into() });
+            (e.status, e.message)
+        })
+    }
+
+    fn with_ca(ca: &Ca) -> ClientTls {
+        ClientTls { ca_pem: Some(ca.pem()), ..Default::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_works_with_the_ca_and_every_mismatch_is_explained() {
+        let ca = Ca::new();
+        let tls = health_server(Some(ca.leaf(&["localhost", "127.0.0.1"], false)));
+        let https = format!("https://{tls}");
+        check(&https, &with_ca(&ca)).await.unwrap();
+
+        // No CA: unknown issuer, exit 4.
+        let (status, message) = check(&https, &ClientTls::default()).await.unwrap_err();
+        assert_eq!(status, ExitStatus::NotFound, "{message}");
+        assert!(message.contains("does not verify: unknown issuer") && message.contains("--ca-cert"), "{message}");
+
+        // Skipping verification works.
+        check(&https, &ClientTls { skip_verify: true, ..Default::default() }).await.unwrap();
+
+        // The plaintext address of a TLS server: use https.
+        let (status, message) = check(&tls, &with_ca(&ca)).await.unwrap_err();
+        assert_eq!(status, ExitStatus::NotFound, "{message}");
+        assert!(message.contains(&format!("speaks TLS: use https://{tls}")), "{message}");
+
+        // A certificate for another name.
+        let other = health_server(Some(ca.leaf(&["other.example"], false)));
+        let (_, message) = check(&format!("https://{other}"), &with_ca(&ca)).await.unwrap_err();
+        assert!(message.contains("wrong name: it is for other.example, not 127.0.0.1"), "{message}");
+
+        // An expired certificate.
+        let expired = health_server(Some(ca.leaf(&["127.0.0.1"], true)));
+        let (status, message) = check(&format!("https://{expired}"), &with_ca(&ca)).await.unwrap_err();
+        assert_eq!(status, ExitStatus::NotFound, "{message}");
+        assert!(message.contains("does not verify: expired"), "{message}");
+
+        // https to a plaintext server: no fallback, and the advice to use http.
+        let plain = health_server(None);
+        check(&plain, &ClientTls::default()).await.unwrap();
+        let (status, message) = check(&format!("https://{plain}"), &with_ca(&ca)).await.unwrap_err();
+        assert_eq!(status, ExitStatus::NotFound, "{message}");
+        assert!(message.contains(&format!("does not speak TLS: use http://{plain}")), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_port_is_nothing_listening() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        for address in [closed.clone(), format!("https://{closed}")] {
+            let (status, message) = check(&address, &ClientTls::default()).await.unwrap_err();
+            assert_eq!(status, ExitStatus::NotFound);
+            assert!(message.contains(&format!("nothing is listening at {closed} (connection refused)")), "{message}");
+            assert!(message.contains("Is `micro server` running"), "{message}");
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! library.
 
 use clap::Parser;
-use micro::cli::{self, Cli};
-use micro::exit::{self, ExitStatus};
+use micro_cli::cli::{self, Cli};
+use micro_cli::exit::{self, ExitStatus};
 use std::process::ExitCode;
 
 /// mimalloc: the server's request paths allocate a lot of small, short-lived buffers, where it is markedly faster

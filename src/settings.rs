@@ -13,11 +13,11 @@
 //! A password or token is never sent in plaintext to a non-loopback address, unless the env was added with
 //! `--plaintext` ([`Settings::check_secrets_may_go`]).
 
-use crate::client::Connection;
-use crate::client::tls::{ClientTls, Target};
-use crate::client::tokens::{StoredToken, TokenStore, TokenStoreError};
-use crate::env;
 use crate::exit::CliError;
+use micro_client::Connection;
+use micro_client::tls::{ClientTls, Target};
+use micro_client::tokens::{StoredToken, TokenStore, TokenStoreError};
+use micro_core::env;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -165,7 +165,7 @@ impl Dirs {
     pub fn save(&self, config: &ConfigFile) -> Result<(), CliError> {
         let path = self.config_file();
         let io = |e: std::io::Error| CliError::failure(format!("cannot write {}: {e}", path.display()));
-        crate::server::create_private_dir(&self.config).map_err(io)?;
+        micro_core::fs::create_private_dir(&self.config).map_err(io)?;
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(config).map_err(|e| CliError::failure(e.to_string()))?;
         let _ = std::fs::remove_file(&tmp);
@@ -280,7 +280,7 @@ impl GlobalArgs {
     /// read and checked, and `--insecure-skip-verify`. A client certificate without its key (or the reverse) is
     /// invalid input.
     pub fn tls_flags(&self) -> Result<ClientTls, CliError> {
-        use crate::client::tls::{read_certificates, read_private_key};
+        use micro_client::tls::{read_certificates, read_private_key};
         let ca =
             self.ca_cert.as_deref().map(|p| read_certificates(p, "--ca-cert")).transpose().map_err(CliError::input)?;
         let identity = match (&self.client_cert, &self.client_key) {
@@ -330,7 +330,7 @@ impl Settings {
             skip_verify: args.insecure_skip_verify,
         };
         let plaintext_allowed = entry.is_some_and(|e| e.plaintext && e.proxy_address == proxy);
-        let home_namespace = config.namespace(&env).unwrap_or(crate::DEFAULT_NAMESPACE).to_string();
+        let home_namespace = config.namespace(&env).unwrap_or(micro_core::DEFAULT_NAMESPACE).to_string();
         let namespace = args.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| home_namespace.clone());
         Ok(Self {
             dirs,
@@ -455,7 +455,7 @@ impl Settings {
     /// Exchanges `token`'s refresh token for a new pair. `Ok(None)` when the server refuses the refresh token;
     /// `Err` when the answer says nothing about it (unreachable server, timeout).
     async fn refresh(&self, namespace: &str, token: &StoredToken) -> Result<Option<StoredToken>, tonic::Status> {
-        use crate::proto::auth::{Options, TokenRequest};
+        use micro_core::proto::auth::{Options, TokenRequest};
         let conn = self.connection(namespace).map_err(|e| tonic::Status::unavailable(e.message))?;
         let mut req = conn.request(TokenRequest {
             refresh_token: token.refresh_token.clone(),
@@ -480,8 +480,8 @@ impl Settings {
     }
 
     /// The schema cache of this env, proxy address and namespace.
-    pub fn schema_cache(&self) -> crate::client::schema_cache::SchemaCache {
-        crate::client::schema_cache::SchemaCache::new(
+    pub fn schema_cache(&self) -> micro_client::schema_cache::SchemaCache {
+        micro_client::schema_cache::SchemaCache::new(
             &self.dirs.cache,
             &cache_key(&self.env, &self.proxy),
             &self.namespace,
@@ -593,7 +593,7 @@ mod tests {
 
     #[test]
     fn tls_resolves_flag_over_env_and_plaintext_consent_holds_only_for_the_env_address() {
-        use crate::client::tls::testing::Ca;
+        use micro_client::tls::testing::Ca;
         let tmp = tempfile::tempdir().unwrap();
         let dirs = dirs(tmp.path());
         let (env_ca, flag_ca) = (Ca::new(), Ca::new());
@@ -678,40 +678,40 @@ mod tests {
     struct MockAuth;
 
     #[tonic::async_trait]
-    impl crate::proto::auth::auth_server::Auth for MockAuth {
+    impl micro_core::proto::auth::auth_server::Auth for MockAuth {
         async fn generate(
             &self,
-            _: tonic::Request<crate::proto::auth::GenerateRequest>,
-        ) -> Result<tonic::Response<crate::proto::auth::GenerateResponse>, tonic::Status> {
+            _: tonic::Request<micro_core::proto::auth::GenerateRequest>,
+        ) -> Result<tonic::Response<micro_core::proto::auth::GenerateResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented(""))
         }
         async fn inspect(
             &self,
-            _: tonic::Request<crate::proto::auth::InspectRequest>,
-        ) -> Result<tonic::Response<crate::proto::auth::InspectResponse>, tonic::Status> {
+            _: tonic::Request<micro_core::proto::auth::InspectRequest>,
+        ) -> Result<tonic::Response<micro_core::proto::auth::InspectResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented(""))
         }
         async fn token(
             &self,
-            req: tonic::Request<crate::proto::auth::TokenRequest>,
-        ) -> Result<tonic::Response<crate::proto::auth::TokenResponse>, tonic::Status> {
+            req: tonic::Request<micro_core::proto::auth::TokenRequest>,
+        ) -> Result<tonic::Response<micro_core::proto::auth::TokenResponse>, tonic::Status> {
             let req = req.into_inner();
             if req.refresh_token != "good" || req.options.map(|o| o.namespace).as_deref() != Some("micro") {
                 return Err(tonic::Status::unauthenticated("invalid token provided"));
             }
-            let token = crate::proto::auth::Token {
+            let token = micro_core::proto::auth::Token {
                 access_token: "new-access".into(),
                 refresh_token: "good-2".into(),
                 created: unix_now(),
                 expiry: unix_now() + 900,
             };
-            Ok(tonic::Response::new(crate::proto::auth::TokenResponse { token: Some(token) }))
+            Ok(tonic::Response::new(micro_core::proto::auth::TokenResponse { token: Some(token) }))
         }
         async fn revoke(
             &self,
-            _: tonic::Request<crate::proto::auth::RevokeRequest>,
-        ) -> Result<tonic::Response<crate::proto::auth::RevokeResponse>, tonic::Status> {
-            Ok(tonic::Response::new(crate::proto::auth::RevokeResponse {}))
+            _: tonic::Request<micro_core::proto::auth::RevokeRequest>,
+        ) -> Result<tonic::Response<micro_core::proto::auth::RevokeResponse>, tonic::Status> {
+            Ok(tonic::Response::new(micro_core::proto::auth::RevokeResponse {}))
         }
     }
 
@@ -720,7 +720,7 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(crate::proto::auth::auth_server::AuthServer::new(MockAuth))
+                .add_service(micro_core::proto::auth::auth_server::AuthServer::new(MockAuth))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         address

@@ -32,11 +32,11 @@ mod stats;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use helloworld::pb::{CallRequest, helloworld_client::HelloworldClient, helloworld_server::HelloworldServer};
-use micro::proto::registry::{Node, Schema as SchemaMsg, Service};
-use micro::server::auth::{Auth, AuthConfig};
-use micro::server::gateway::{Gateway, GatewayConfig};
-use micro::server::proxy::Proxy;
-use micro::server::registry::{MemoryRegistry, RegistryBackend};
+use micro_core::proto::registry::{Node, Schema as SchemaMsg, Service};
+use micro_server::auth::{Auth, AuthConfig};
+use micro_server::gateway::{Gateway, GatewayConfig};
+use micro_server::proxy::Proxy;
+use micro_server::registry::{MemoryRegistry, RegistryBackend};
 use stats::Samples;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,7 +61,7 @@ async fn listen() -> anyhow::Result<(TcpListener, String)> {
 fn serve_proxy(proxy: Proxy, listener: TcpListener) {
     let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(micro::server::serve_grpc(routes, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(routes, incoming, std::future::pending(), async {}));
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
@@ -434,14 +434,14 @@ async fn main() -> anyhow::Result<()> {
     let (svc_listener, svc_addr) = listen().await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(svc_listener);
     let hello = tonic::service::Routes::new(HelloworldServer::new(helloworld::Handler));
-    tokio::spawn(micro::server::serve_grpc(hello, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(hello, incoming, std::future::pending(), async {}));
     let registry = Arc::new(MemoryRegistry::new());
-    let schema = micro::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET)?;
+    let schema = micro_core::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET)?;
     registry.register(
         "micro",
         Service {
             name: "helloworld".into(),
-            endpoints: micro::schema::endpoints(&schema.pool, ["helloworld.Helloworld"]),
+            endpoints: micro_core::schema::endpoints(&schema.pool, ["helloworld.Helloworld"]),
             nodes: vec![Node { id: "helloworld-bench".into(), address: svc_addr.clone(), ..Default::default() }],
             schema: Some(SchemaMsg { hash: schema.hash.clone(), descriptor_set: schema.bytes.clone() }),
             ..Default::default()
@@ -460,10 +460,10 @@ async fn main() -> anyhow::Result<()> {
     serve_proxy(authed.clone(), authed_listener);
     let (api_listener, api_addr) = listen().await?;
     let gateway = Gateway::new(authed, registry.clone(), GatewayConfig::default());
-    tokio::spawn(micro::server::gateway::serve(api_listener, gateway, std::future::pending()));
+    tokio::spawn(micro_server::gateway::serve(api_listener, gateway, std::future::pending()));
     let (noauth_listener, noauth_addr) = listen().await?;
     let gateway_noauth = Gateway::new(plain, registry.clone(), GatewayConfig::default());
-    tokio::spawn(micro::server::gateway::serve(noauth_listener, gateway_noauth, std::future::pending()));
+    tokio::spawn(micro_server::gateway::serve(noauth_listener, gateway_noauth, std::future::pending()));
     let (bare_listener, bare_addr) = listen().await?;
     let bare = bare_router(HelloworldClient::new(channel(&svc_addr).await?));
     tokio::spawn(async move {

@@ -49,8 +49,8 @@ pub struct Platform {
     pub token: String,
     client: Handle,
     runtimes: Vec<Runtime>,
-    server: Option<Running<micro::server::ServerError>>,
-    service: Option<Running<micro::service::ServiceError>>,
+    server: Option<Running<micro_server::ServerError>>,
+    service: Option<Running<micro::ServiceError>>,
     forward: Option<Running<tonic::transport::Error>>,
     _data: tempfile::TempDir,
 }
@@ -110,12 +110,12 @@ impl Platform {
 
         let listener = server_rt.block_on(TcpListener::bind("127.0.0.1:0")).context("cannot bind the proxy")?;
         let proxy = listener.local_addr()?;
-        let config = micro::server::ServerConfig {
+        let config = micro_server::ServerConfig {
             admin_password: Some(ADMIN_PASSWORD.into()),
-            ..micro::server::ServerConfig::new(data.path().join("server"))
+            ..micro_server::ServerConfig::new(data.path().join("server"))
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server_task = server_rt.spawn(micro::server::serve(listener, config, async move {
+        let server_task = server_rt.spawn(micro_server::serve(listener, config, async move {
             let _ = stopped.await;
         }));
 
@@ -155,7 +155,8 @@ impl Platform {
     fn wait_registered(&mut self) -> anyhow::Result<()> {
         let proxy = self.proxy.to_string();
         // Inside the runtime: the lazy channel spawns its connection task.
-        let conn = self.client.block_on(async { micro::client::Connection::new(&proxy, micro::DEFAULT_NAMESPACE) })?;
+        let conn =
+            self.client.block_on(async { micro_client::Connection::new(&proxy, micro_core::DEFAULT_NAMESPACE) })?;
         let want = self.direct.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut last = String::from("not polled yet");
@@ -173,14 +174,14 @@ impl Platform {
 
     /// An access token for the admin (`Auth.Token`, as `micro login` does).
     fn login(&self) -> anyhow::Result<String> {
-        use micro::proto::auth::{Options, TokenRequest};
+        use micro_core::proto::auth::{Options, TokenRequest};
         let proxy = self.proxy.to_string();
         self.client.block_on(async {
-            let conn = micro::client::Connection::new(&proxy, micro::DEFAULT_NAMESPACE)?;
+            let conn = micro_client::Connection::new(&proxy, micro_core::DEFAULT_NAMESPACE)?;
             let req = conn.request(TokenRequest {
                 id: ADMIN.into(),
                 secret: ADMIN_PASSWORD.into(),
-                options: Some(Options { namespace: micro::DEFAULT_NAMESPACE.into() }),
+                options: Some(Options { namespace: micro_core::DEFAULT_NAMESPACE.into() }),
                 ..Default::default()
             });
             let token = conn.auth().token(req).await?.into_inner().token;

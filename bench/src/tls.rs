@@ -18,10 +18,10 @@ mod stats;
 
 use anyhow::{Context, bail};
 use helloworld::pb::helloworld_server::HelloworldServer;
-use micro::client::Connection;
-use micro::client::tls::ClientTls;
-use micro::proto::registry::{Node, Options, Schema as SchemaMsg, Service};
-use micro::server::tls::{CertSource, TlsSettings};
+use micro_client::Connection;
+use micro_client::tls::ClientTls;
+use micro_core::proto::registry::{Node, Options, Schema as SchemaMsg, Service};
+use micro_server::tls::{CertSource, TlsSettings};
 use stats::{Samples, ms, thousands, us};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ async fn run() -> anyhow::Result<()> {
     let service = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let hello = tonic::service::Routes::new(HelloworldServer::new(helloworld::Handler));
-    tokio::spawn(micro::server::serve_grpc(hello, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(hello, incoming, std::future::pending(), async {}));
 
     let plain = start(&data.path().join("plain"), None, service).await.context("the plaintext server")?;
     let tls_settings = TlsSettings { source: CertSource::SelfSigned, client_ca: None };
@@ -81,10 +81,10 @@ async fn run() -> anyhow::Result<()> {
     let mut targets = Vec::new();
     for server in [&plain, &tls] {
         let bearer = grpc::Bearer::new(&server.token)?;
-        let target = micro::client::tls::Target::parse(&server.url).map_err(anyhow::Error::msg)?;
+        let target = micro_client::tls::Target::parse(&server.url).map_err(anyhow::Error::msg)?;
         let endpoint = tonic::transport::Endpoint::from_shared(target.url())?;
         let client_tls = client_tls(server)?;
-        let endpoint = micro::client::tls::configure(endpoint, &target, &client_tls).map_err(anyhow::Error::msg)?;
+        let endpoint = micro_client::tls::configure(endpoint, &target, &client_tls).map_err(anyhow::Error::msg)?;
         targets.push(grpc::Target::connect_endpoint(endpoint, 1, &bearer).await?);
     }
     println!("\nUnary latency: {CALLS} sequential calls per proxy after {WARMUP} warm-up calls, in blocks of 100");
@@ -160,12 +160,12 @@ async fn start(dir: &Path, tls: Option<TlsSettings>, service: SocketAddr) -> any
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let secure = tls.is_some();
-    let config = micro::server::ServerConfig {
+    let config = micro_server::ServerConfig {
         admin_password: Some(ADMIN_PASSWORD.into()),
         tls,
-        ..micro::server::ServerConfig::new(dir.to_path_buf())
+        ..micro_server::ServerConfig::new(dir.to_path_buf())
     };
-    tokio::spawn(micro::server::serve(listener, config, std::future::pending()));
+    tokio::spawn(micro_server::serve(listener, config, std::future::pending()));
     let url = if secure { format!("https://{address}") } else { address.to_string() };
     let ca = secure.then(|| dir.join("tls").join("ca.pem"));
     let mut server = Server { url, ca, conn: Connection::new(&address.to_string(), "micro")?, token: String::new() };
@@ -173,7 +173,7 @@ async fn start(dir: &Path, tls: Option<TlsSettings>, service: SocketAddr) -> any
     let deadline = Instant::now() + Duration::from_secs(20);
     let secret = loop {
         let ready = server.ca.as_ref().is_none_or(|ca| ca.is_file());
-        if ready && let Ok(secret) = std::fs::read_to_string(dir.join(micro::local_credential::FILE)) {
+        if ready && let Ok(secret) = std::fs::read_to_string(dir.join(micro_core::local_credential::FILE)) {
             break secret.trim().to_string();
         }
         if Instant::now() > deadline {
@@ -182,11 +182,11 @@ async fn start(dir: &Path, tls: Option<TlsSettings>, service: SocketAddr) -> any
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     server.conn = Connection::with_tls(&server.url, "micro", &client_tls(&server)?)?;
-    let schema = micro::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET)?;
+    let schema = micro_core::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET)?;
     let record = Service {
         name: "helloworld".into(),
         version: "latest".into(),
-        endpoints: micro::schema::endpoints(&schema.pool, ["helloworld.Helloworld"]),
+        endpoints: micro_core::schema::endpoints(&schema.pool, ["helloworld.Helloworld"]),
         nodes: vec![Node { id: "helloworld-bench".into(), address: service.to_string(), ..Default::default() }],
         options: Some(Options { ttl: 3600, domain: "micro".into() }),
         schema: Some(SchemaMsg { hash: schema.hash.clone(), descriptor_set: schema.bytes.clone() }),
@@ -194,14 +194,14 @@ async fn start(dir: &Path, tls: Option<TlsSettings>, service: SocketAddr) -> any
     };
     loop {
         let mut req = server.conn.request(record.clone());
-        req.metadata_mut().insert(micro::local_credential::HEADER, secret.parse()?);
+        req.metadata_mut().insert(micro_core::local_credential::HEADER, secret.parse()?);
         match server.conn.registry().register(req).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => bail!("cannot register helloworld with {}: {e}", server.url),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    let req = server.conn.request(micro::proto::auth::TokenRequest {
+    let req = server.conn.request(micro_core::proto::auth::TokenRequest {
         id: "admin".into(),
         secret: ADMIN_PASSWORD.into(),
         ..Default::default()

@@ -6,12 +6,12 @@
 
 use super::output::Printer;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::auth::{
+use crate::settings::{Output, Settings};
+use clap::Subcommand;
+use micro_core::proto::auth::{
     Access, Account, ChangeSecretRequest, CreateRequest, DeleteAccountRequest, DeleteRequest, GenerateRequest,
     ListAccountsRequest, ListRequest, Options, Resource, Rule,
 };
-use crate::settings::{Output, Settings};
-use clap::Subcommand;
 use serde_json::{Value, json};
 
 /// Arguments of `micro auth`.

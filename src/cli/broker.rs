@@ -14,12 +14,12 @@
 
 use super::call::parse_metadata;
 use crate::exit::{CliError, RpcContext, from_status};
-use crate::proto::broker::{Message, PublishRequest, SubscribeRequest, broker_client::BrokerClient};
-use crate::server::broker::MAX_BODY;
 use crate::settings::Settings;
 use base64::Engine;
 use clap::Subcommand;
 use futures::FutureExt;
+use micro_core::proto::broker::{Message, PublishRequest, SubscribeRequest, broker_client::BrokerClient};
+use micro_server::broker::MAX_BODY;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -186,7 +186,7 @@ async fn subscribe(settings: &Settings, args: SubscribeArgs) -> anyhow::Result<(
     if args.count == Some(0) {
         return Ok(());
     }
-    let stop = crate::service::shutdown_signal();
+    let stop = micro::shutdown_signal();
     tokio::pin!(stop);
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let mut received = 0u64;

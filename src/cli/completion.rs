@@ -38,14 +38,14 @@ pub fn completion_command() -> clap::Command {
     let mut cmd = super::command();
     let Ok(dirs) = crate::settings::Dirs::resolve() else { return cmd };
     let Ok(config) = dirs.load() else { return cmd };
-    let env = crate::env::var(crate::env::MICRO_ENV).unwrap_or_else(|| config.current().to_string());
-    let namespace = crate::env::var(crate::env::MICRO_NAMESPACE)
+    let env = micro_core::env::var(micro_core::env::MICRO_ENV).unwrap_or_else(|| config.current().to_string());
+    let namespace = micro_core::env::var(micro_core::env::MICRO_NAMESPACE)
         .or_else(|| config.namespace(&env).map(str::to_string))
-        .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.into());
-    let proxy = crate::env::var(crate::env::MICRO_PROXY)
+        .unwrap_or_else(|| micro_core::DEFAULT_NAMESPACE.into());
+    let proxy = micro_core::env::var(micro_core::env::MICRO_PROXY)
         .or_else(|| config.all_envs().get(&env).map(|e| e.proxy_address.clone()))
         .unwrap_or_default();
-    let cache = crate::client::schema_cache::SchemaCache::new(
+    let cache = micro_client::schema_cache::SchemaCache::new(
         &crate::settings::Settings::cache_root(&dirs),
         &crate::settings::cache_key(&env, &proxy),
         &namespace,

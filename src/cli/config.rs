@@ -9,11 +9,11 @@
 //! the namespace; changing it and reading secrets need an administrator.
 
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::config::{
-    DeleteRequest, GetRequest, Options, SetRequest, Value as ValueMsg, config_client::ConfigClient,
-};
 use crate::settings::Settings;
 use clap::Subcommand;
+use micro_core::proto::config::{
+    DeleteRequest, GetRequest, Options, SetRequest, Value as ValueMsg, config_client::ConfigClient,
+};
 use serde_json::Value;
 
 /// Arguments of `micro config`.

@@ -7,16 +7,16 @@
 //! Timestamp (RFC 3339) and Duration (`5s`). Help shows each flag's type and its proto comment.
 
 use super::output::{Printer, message_to_json};
-use crate::client::dynamic::{CallOptions, call};
-use crate::client::{Connection, schema_cache::ResolveError};
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::registry::Service;
-use crate::schema::{self, Schema};
 use crate::settings::{Output, Settings};
 use base64::Engine;
 use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, Command};
 use futures::StreamExt;
+use micro_client::dynamic::{CallOptions, call};
+use micro_client::{Connection, schema_cache::ResolveError};
+use micro_core::proto::registry::Service;
+use micro_core::schema::{self, Schema};
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -722,7 +722,7 @@ mod tests {
 
     #[test]
     fn services_fit_under_the_root_for_completion() {
-        let schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let schema = Schema::decode(micro_core::proto::FILE_DESCRIPTOR_SET).unwrap();
         let mut root = crate::cli::command();
         for (name, grpc) in
             [("registry", vec!["registry.Registry"]), ("authsvc", vec!["auth.Auth", "auth.Accounts", "auth.Rules"])]
@@ -737,7 +737,7 @@ mod tests {
 
     #[test]
     fn registry_commands_and_flags() {
-        let schema = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let schema = Schema::decode(micro_core::proto::FILE_DESCRIPTOR_SET).unwrap();
         let service = Service {
             name: "registry".into(),
             endpoints: schema::endpoints(&schema.pool, ["registry.Registry"]),

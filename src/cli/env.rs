@@ -4,10 +4,10 @@
 //! the files with the env (in `config.json`, mode 0600), so the env keeps working when they move; add it again to
 //! change them. `--plaintext` lets passwords and tokens go to a non-loopback `http://` address, and says so loudly.
 
-use crate::client::tls::{ClientTls, Target};
 use crate::exit::CliError;
 use crate::settings::{EnvEntry, LOCAL_ENV, Settings};
 use clap::Subcommand;
+use micro_client::tls::{ClientTls, Target};
 
 /// Arguments of `micro env`.
 #[derive(Debug, clap::Args)]
@@ -165,7 +165,7 @@ pub fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::tls::testing::Ca;
+    use micro_client::tls::testing::Ca;
 
     #[test]
     fn added_envs_store_tls_files_only_for_tls_addresses() {

@@ -15,15 +15,15 @@
 use super::call::parse_metadata;
 use super::output::Printer;
 use crate::exit::{CliError, RpcContext, from_status};
-use crate::proto::events::{
-    ConsumeRequest, Event, PublishRequest, ReadRequest, Subscribe, consume_request::Request as ConsumeOp,
-    store_client::StoreClient, stream_client::StreamClient,
-};
-use crate::server::events::service::{MAX_EVENT, MAX_READ_LIMIT};
 use crate::settings::{Output, Settings};
 use base64::Engine;
 use clap::Subcommand;
 use futures::StreamExt;
+use micro_core::proto::events::{
+    ConsumeRequest, Event, PublishRequest, ReadRequest, Subscribe, consume_request::Request as ConsumeOp,
+    store_client::StoreClient, stream_client::StreamClient,
+};
+use micro_server::events::service::{MAX_EVENT, MAX_READ_LIMIT};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -286,7 +286,7 @@ async fn consume(settings: &Settings, args: ConsumeArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let stop = crate::service::shutdown_signal();
+    let stop = micro::shutdown_signal();
     tokio::pin!(stop);
     let mut out = std::io::stdout();
     let mut printed = 0u64;

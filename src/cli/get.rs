@@ -2,9 +2,9 @@
 
 use super::output::{Printer, message_to_json};
 use crate::exit::{RpcContext, from_status};
-use crate::proto::registry::{Service, Value};
 use crate::settings::{Output, Settings};
 use clap::Subcommand;
+use micro_core::proto::registry::{Service, Value};
 use prost::Message;
 use std::fmt::Write as _;
 
@@ -29,7 +29,7 @@ pub enum GetCommand {
 /// A registry record as JSON (proto field names, defaults included), as `-o json` prints it.
 pub fn record_json(service: &Service) -> serde_json::Value {
     static POOL: std::sync::OnceLock<Option<prost_reflect::DescriptorPool>> = std::sync::OnceLock::new();
-    let pool = POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).ok());
+    let pool = POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(micro_core::proto::FILE_DESCRIPTOR_SET).ok());
     let desc = pool.as_ref().and_then(|p| p.get_message_by_name("registry.Service"));
     let mut record = service.clone();
     if let Some(s) = record.schema.as_mut() {

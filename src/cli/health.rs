@@ -1,9 +1,9 @@
 //! `micro health NAME`: checks each node of a service with the standard gRPC health protocol, through the proxy.
 
 use super::output::Printer;
-use crate::client::connection::node_failure;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
 use crate::settings::{Output, Settings};
+use micro_client::connection::node_failure;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Arguments of `micro health`.

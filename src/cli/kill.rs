@@ -5,8 +5,8 @@
 
 use super::run::{client, runtime_error, split_version};
 use crate::exit::CliError;
-use crate::proto::runtime::{DeleteOptions, DeleteRequest, Service};
 use crate::settings::Settings;
+use micro_core::proto::runtime::{DeleteOptions, DeleteRequest, Service};
 
 /// Flags of `micro kill`.
 #[derive(Debug, clap::Args)]

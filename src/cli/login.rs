@@ -6,11 +6,11 @@
 //! the password from a pipe, for CI.
 
 use super::output::Printer;
-use crate::client::tokens::StoredToken;
-use crate::env;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::auth::{InspectRequest, Options, TokenRequest};
 use crate::settings::{Output, Settings, store_error};
+use micro_client::tokens::StoredToken;
+use micro_core::env;
+use micro_core::proto::auth::{InspectRequest, Options, TokenRequest};
 use std::io::BufRead;
 
 /// Flags of `micro login`.

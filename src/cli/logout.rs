@@ -3,9 +3,9 @@
 //! or not; when the server cannot be reached, the token is still forgotten and a warning says it was not revoked.
 
 use super::output::Printer;
-use crate::proto::auth::RevokeRequest;
 use crate::settings::Output;
 use crate::settings::{Settings, store_error};
+use micro_core::proto::auth::RevokeRequest;
 use std::time::Duration;
 
 /// How long logout waits for the server to revoke the refresh token.

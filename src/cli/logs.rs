@@ -8,8 +8,8 @@
 
 use super::run::{client, runtime_error, split_version};
 use crate::exit::CliError;
-use crate::proto::runtime::{LogRecord, LogsOptions, LogsRequest};
 use crate::settings::{Output, Settings};
+use micro_core::proto::runtime::{LogRecord, LogsOptions, LogsRequest};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -38,7 +38,7 @@ use std::ffi::OsString;
 #[derive(Debug, Parser)]
 #[command(
     name = "micro",
-    version = crate::VERSION,
+    version = micro_core::VERSION,
     about = "A framework for cloud native development",
     long_about = "A framework for cloud native development.\n\nEvery service in the registry is a command too: `micro helloworld call --name=Jane`.\nUse `micro [command] --help` to see command specific help.",
     allow_external_subcommands = true,
@@ -50,7 +50,7 @@ pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
     /// Output format.
-    #[arg(short = 'o', long, global = true, env = crate::env::MICRO_OUTPUT, value_enum)]
+    #[arg(short = 'o', long, global = true, env = micro_core::env::MICRO_OUTPUT, value_enum)]
     pub output: Option<Output>,
     /// The command.
     #[command(subcommand)]

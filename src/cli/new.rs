@@ -2,20 +2,23 @@
 //!
 //! The new package (in directory NAME; the service is named after its last component) holds a proto with Micro's
 //! template endpoints (`Call`, `Stream`, `PingPong`), a `build.rs` that compiles it with protox, a handler, a
-//! `main.rs` that runs it as a [`crate::Service`], a README and a `.gitignore`. It depends on this library by an
-//! absolute path: `--micro-path`, else [`MICRO_SOURCE`], else the source tree the `micro` binary was built from.
-//! The package is a workspace of its own and pins the dependency versions micro uses; micro's `Cargo.lock` is
-//! copied in, so the package builds offline from the crates micro itself was built with.
+//! `main.rs` that runs it as a [`micro::Service`], a README and a `.gitignore`. It depends on the service library
+//! `micro` by an absolute path: the library embedded in this binary, laid out once per version under the user's
+//! data dir ([`library`]), so the package builds wherever it is and whether or not a checkout of micro exists; or,
+//! for developing micro itself, the `crates/micro` of a checkout (`--micro-path`, or [`MICRO_SOURCE`]). The
+//! package is a workspace of its own and pins the dependency versions micro uses; micro's `Cargo.lock` is copied
+//! in, so the package builds offline from the crates micro itself was built with.
 //!
 //! Like Micro, it prints `Creating service NAME`, the tree of files and the next steps (to stdout: they are the
 //! command's output); with `-o json` it prints `{name, path, files}` instead. A name that is not a valid service
 //! and package name is invalid input (exit 128); an existing NAME is refused (exit 1), and nothing is written.
 
 use super::output::Printer;
-use crate::env::MICRO_SOURCE;
 use crate::exit::CliError;
 use crate::settings::{Output, Settings};
+use micro_core::env::MICRO_SOURCE;
 use serde_json::json;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 /// Flags of `micro new`.
@@ -25,11 +28,17 @@ pub struct Args {
     /// `_`, starting with a letter), e.g. `greeter` or `services/foo-bar`.
     #[arg(value_name = "NAME")]
     pub name: PathBuf,
-    /// micro's source directory (a checkout of micro) to depend on; default: `MICRO_SOURCE`, else the source tree
-    /// this `micro` was built from.
+    /// A checkout of micro whose service library (`crates/micro`) the service depends on, instead of the library
+    /// embedded in this `micro` (for developing micro itself).
     #[arg(long, value_name = "DIR", env = MICRO_SOURCE)]
     pub micro_path: Option<PathBuf>,
+    /// Build the new service now, as `micro run` will (same profile, and micro's build dir shared by every
+    /// service), so that its dependencies are compiled before the first `micro run`. `./install.sh` does this once.
+    #[arg(long)]
+    pub build: bool,
 }
+
+mod library;
 
 /// The template files, embedded in the binary.
 mod template {
@@ -209,9 +218,9 @@ fn naive_snake_case(name: &str) -> String {
     s
 }
 
-/// Whether `dir` is micro's source: it has a `Cargo.toml` whose `[package]` is named `micro`.
+/// Whether `dir` is a checkout of micro: its `crates/micro/Cargo.toml` is the manifest of the package `micro`.
 fn is_micro_source(dir: &Path) -> bool {
-    let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else { return false };
+    let Ok(manifest) = std::fs::read_to_string(dir.join("crates/micro/Cargo.toml")) else { return false };
     let mut in_package = false;
     for line in manifest.lines().map(str::trim) {
         if line.starts_with('[') {
@@ -226,30 +235,25 @@ fn is_micro_source(dir: &Path) -> bool {
     false
 }
 
-/// The absolute path of micro's source to depend on: `--micro-path`/`MICRO_SOURCE`, else the tree this binary was
-/// built from.
-fn micro_source(given: Option<&Path>) -> Result<PathBuf, CliError> {
-    if let Some(dir) = given {
-        let absolute = std::fs::canonicalize(dir)
-            .map_err(|e| CliError::input(format!("--micro-path (or {MICRO_SOURCE}) {}: {e}", dir.display())))?;
-        if !is_micro_source(&absolute) {
-            return Err(CliError::input(format!(
-                "--micro-path (or {MICRO_SOURCE}) {} is not micro's source: it has no Cargo.toml of the package \
-                 `micro`. Pass the directory of a checkout of micro",
-                dir.display()
-            )));
-        }
-        return Ok(absolute);
+/// The service library to depend on, and the `Cargo.lock` to start from: the `crates/micro` of the checkout
+/// `given` (`--micro-path`/`MICRO_SOURCE`), else the embedded library, laid out under the user's data dir.
+fn micro_library(given: Option<&Path>) -> Result<(PathBuf, Option<String>), CliError> {
+    let Some(dir) = given else {
+        let root = library::lay_out(&library::base_dir()?)?;
+        return Ok((root.join("crates/micro"), library::lock()));
+    };
+    let absolute = std::fs::canonicalize(dir)
+        .map_err(|e| CliError::input(format!("--micro-path (or {MICRO_SOURCE}) {}: {e}", dir.display())))?;
+    if !is_micro_source(&absolute) {
+        return Err(CliError::input(format!(
+            "--micro-path (or {MICRO_SOURCE}) {} is not a checkout of micro: it has no crates/micro/Cargo.toml of the \
+             package `micro`. Pass the directory of a checkout of micro, or leave it out to use the library built \
+             into this micro",
+            dir.display()
+        )));
     }
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match std::fs::canonicalize(built_from) {
-        Ok(dir) if is_micro_source(&dir) => Ok(dir),
-        _ => Err(CliError::failure(format!(
-            "Cannot find micro's source for the new service to depend on ({} is gone). Pass --micro-path DIR or set \
-             {MICRO_SOURCE} to a checkout of micro",
-            built_from.display()
-        ))),
-    }
+    let lock = std::fs::read_to_string(absolute.join("Cargo.lock")).ok();
+    Ok((absolute.join("crates/micro"), lock))
 }
 
 /// `s` as the content of a TOML basic string.
@@ -388,15 +392,17 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     if args.name.symlink_metadata().is_ok() {
         return Err(CliError::failure(format!("{given} already exists")).into());
     }
-    let source = micro_source(args.micro_path.as_deref())?;
-    let lock = std::fs::read_to_string(source.join("Cargo.lock")).ok();
-    let files = files(&names, &source, lock);
+    let (library, lock) = micro_library(args.micro_path.as_deref())?;
+    let files = files(&names, &library, lock);
     let dir = std::path::absolute(&args.name)
         .map_err(|e| CliError::failure(format!("cannot resolve the path {given}: {e}")))?;
     write_package(&dir, &given, &files)?;
 
     let paths: Vec<String> = files.into_iter().map(|(path, _)| path).collect();
     let printer = Printer::new(settings.output, Output::Table);
+    if args.build {
+        build(&printer, &dir, &names.name)?;
+    }
     if printer.format() != Output::Table {
         printer.json(&json!({ "name": names.name, "path": dir.to_string_lossy(), "files": paths }))?;
         return Ok(());
@@ -409,6 +415,50 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         cd = shell_word(&given),
     );
     printer.line(text.trim_end())?;
+    Ok(())
+}
+
+/// Builds the package in `dir` the way the runtime will (its profile, micro's shared build dir), with cargo's own
+/// progress on stderr.
+fn build(printer: &Printer, dir: &Path, name: &str) -> Result<(), CliError> {
+    use micro_core::env::{MICRO_BUILD_DIR, MICRO_RUNTIME_CARGO_PROFILE};
+    let profile = micro_core::env::var(MICRO_RUNTIME_CARGO_PROFILE)
+        .unwrap_or_else(|| micro_server::runtime::DEFAULT_PROFILE.to_string());
+    let build_dir = micro_core::env::var(MICRO_BUILD_DIR)
+        .map(PathBuf::from)
+        .or_else(micro_server::runtime::builder::default_build_dir);
+    printer.message(format!(
+        "Building {name} with cargo (profile {profile}{})",
+        build_dir.as_ref().map(|d| format!(", build dir {}", d.display())).unwrap_or_default()
+    ));
+    let started = std::time::Instant::now();
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["build", "--profile", &profile, "--bin", name]).current_dir(dir).stdin(std::process::Stdio::null());
+    // Build output is not the command's output: keep stdout for data.
+    cmd.stdout(std::process::Stdio::from(
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| CliError::failure(format!("cannot pass stderr to cargo: {e}")))?,
+    ));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MICRO_") {
+            cmd.env_remove(key);
+        }
+    }
+    if let Some(dir) = &build_dir {
+        cmd.env("CARGO_BUILD_BUILD_DIR", dir);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| CliError::failure(format!("cannot run cargo (is a Rust toolchain installed?): {e}")))?;
+    if !status.success() {
+        return Err(CliError::failure(format!(
+            "the build of {name} failed (cargo {status}; its errors are above). The package is in {}",
+            dir.display()
+        )));
+    }
+    printer.message(format!("Built {name} in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(())
 }
 
@@ -515,8 +565,10 @@ mod tests {
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert!(is_micro_source(here));
         assert!(!is_micro_source(&here.join("examples/helloworld")));
-        assert_eq!(micro_source(None).unwrap(), std::fs::canonicalize(here).unwrap());
-        let e = micro_source(Some(&here.join("examples"))).unwrap_err();
+        let (library, lock) = micro_library(Some(here)).unwrap();
+        assert_eq!(library, std::fs::canonicalize(here).unwrap().join("crates/micro"));
+        assert!(lock.is_some_and(|l| l.contains("name = \"micro-core\"")));
+        let e = micro_library(Some(&here.join("examples"))).unwrap_err();
         assert_eq!(e.status, crate::exit::ExitStatus::InvalidInput);
     }
 }

@@ -5,7 +5,6 @@
 
 use crate::settings::Output;
 use comfy_table::{ContentArrangement, Table, presets};
-use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions};
 use serde_json::Value;
 use std::io::Write;
 
@@ -15,39 +14,7 @@ pub struct Printer {
     format: Output,
 }
 
-/// JSON serialization as Micro's: proto field names (snake_case), in field order, with default values included.
-/// Map entries are sorted by key, so output is stable from run to run.
-pub fn message_to_json(message: &DynamicMessage) -> Value {
-    let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
-    let mut value = message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or_else(|e| Value::String(format!("<unprintable message: {e}>")));
-    sort_maps(&mut value, &message.descriptor());
-    value
-}
-
-/// Sorts the entries of every map field (protobuf maps are unordered) by key, recursively.
-fn sort_maps(value: &mut Value, descriptor: &prost_reflect::MessageDescriptor) {
-    use prost_reflect::Kind;
-    let Value::Object(object) = value else { return };
-    for field in descriptor.fields() {
-        let Some(v) = object.get_mut(field.name()) else { continue };
-        let Kind::Message(m) = field.kind() else { continue };
-        if field.is_map() {
-            if let Value::Object(map) = v {
-                map.sort_keys();
-                let value_kind = m.map_entry_value_field().kind();
-                if let Kind::Message(inner) = value_kind {
-                    map.values_mut().for_each(|x| sort_maps(x, &inner));
-                }
-            }
-        } else if let Value::Array(items) = v {
-            items.iter_mut().for_each(|x| sort_maps(x, &m));
-        } else {
-            sort_maps(v, &m);
-        }
-    }
-}
+pub use micro_client::dynamic::message_to_json;
 
 impl Printer {
     /// A printer for `format`, or `default` when none was chosen.

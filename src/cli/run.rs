@@ -10,13 +10,14 @@
 
 use super::output::Printer;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::runtime::{
+use crate::settings::{Output, Settings};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use micro_core::proto::runtime::{
     CreateOptions, CreateRequest, LogsOptions, LogsRequest, ReadOptions, ReadRequest, Service, UpdateOptions,
     UpdateRequest, UploadRequest, runtime_client::RuntimeClient, source_client::SourceClient,
 };
-use crate::server::runtime::source::{GitSource, MAX_UPLOAD};
-use crate::settings::{Output, Settings};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use micro_server::runtime::deploy::cargo_status;
+use micro_server::runtime::source::{GitSource, MAX_UPLOAD};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,7 @@ pub struct RunFlags {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  micro run ./greeter\n  micro run examples/helloworld\n  \
     micro run --name pysvc --command \"python3 server.py\" --port-env PORT ./pysvc\n  \
+    micro run --watch ./greeter\n  \
     micro run github.com/owner/repo/folder@v1.0")]
 pub struct Args {
     /// What to run: a local directory (a Rust package; anything else with --command), or a git repository
@@ -69,6 +71,11 @@ pub struct Args {
     /// Flags.
     #[command(flatten)]
     pub flags: RunFlags,
+    /// Keep watching the local directory: each saved change rebuilds the service and replaces the running process,
+    /// as `micro update` does (the new build must start before the old process stops; a failed build keeps the old
+    /// one serving). Ctrl-C stops watching; the service keeps running.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
 }
 
 /// Flags of `micro update`.
@@ -156,7 +163,7 @@ fn capitalize(s: &str) -> String {
 /// A runtime client over the settings' connection.
 pub async fn client(
     settings: &Settings,
-) -> Result<(RuntimeClient<tonic::transport::Channel>, crate::client::Connection), CliError> {
+) -> Result<(RuntimeClient<tonic::transport::Channel>, micro_client::Connection), CliError> {
     let conn = settings.connect_authed().await?;
     Ok((RuntimeClient::new(conn.channel()), conn))
 }
@@ -248,13 +255,10 @@ impl Target {
     }
 }
 
-/// Packs `root` into a gzipped tar: every file, without `.git/`, the cargo target dir and what `.gitignore` (and
-/// `.ignore`) files leave out.
-pub fn pack(root: &Path) -> std::io::Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    let walker = ignore::WalkBuilder::new(root)
+/// The files of `root` that are uploaded: every file, without `.git/`, the cargo target dir and what
+/// `.gitignore` (and `.ignore`) files leave out; sorted by name.
+fn walk(root: &Path) -> ignore::Walk {
+    ignore::WalkBuilder::new(root)
         .hidden(false)
         .git_ignore(true)
         .git_exclude(true)
@@ -269,9 +273,41 @@ pub fn pack(root: &Path) -> std::io::Result<Vec<u8>> {
                     || (e.depth() == 1 && e.file_name() == "target")
                     || e.path().join("CACHEDIR.TAG").is_file()))
         })
-        .build();
+        .build()
+}
+
+/// What `--watch` compares: each uploaded file's size and modification time.
+type Snapshot = std::collections::BTreeMap<PathBuf, (u64, Option<std::time::SystemTime>)>;
+
+fn snapshot(root: &Path) -> Snapshot {
+    walk(root)
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_some_and(|t| !t.is_dir()))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let rel = e.path().strip_prefix(root).ok()?.to_path_buf();
+            Some((rel, (meta.len(), meta.modified().ok())))
+        })
+        .collect()
+}
+
+/// The files that differ between two snapshots (changed, added or removed), sorted.
+fn changed(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        after.iter().filter(|(p, v)| before.get(*p) != Some(v)).map(|(p, _)| p.clone()).collect();
+    out.extend(before.keys().filter(|p| !after.contains_key(*p)).cloned());
+    out.sort();
+    out
+}
+
+/// Packs `root` into a gzipped tar: every file, without `.git/`, the cargo target dir and what `.gitignore` (and
+/// `.ignore`) files leave out.
+pub fn pack(root: &Path) -> std::io::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
     let mut size = 0u64;
-    for entry in walker {
+    for entry in walk(root) {
         let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
         if entry.depth() == 0 {
             continue;
@@ -298,7 +334,7 @@ pub fn pack(root: &Path) -> std::io::Result<Vec<u8>> {
 /// Uploads an archive with `Source.Upload` (in 64 KiB messages, the first naming the service); returns its id.
 async fn upload(
     settings: &Settings,
-    conn: &crate::client::Connection,
+    conn: &micro_client::Connection,
     name: &str,
     version: &str,
     archive: Vec<u8>,
@@ -340,7 +376,7 @@ impl Progress {
         Self { bar, counting: false }
     }
 
-    fn update(&mut self, record: &crate::proto::runtime::LogRecord) {
+    fn update(&mut self, record: &micro_core::proto::runtime::LogRecord) {
         let number = |k: &str| record.metadata.get(k).and_then(|v| v.parse::<u64>().ok());
         if let (Some(progress), Some(total)) = (number("progress"), number("total")) {
             if !self.counting {
@@ -355,7 +391,10 @@ impl Progress {
         }
         let line = record.message.trim();
         let from_cargo = record.metadata.get("from").is_some_and(|f| f == "cargo");
-        if !from_cargo {
+        if let Some(crates) = record.metadata.get("compiling") {
+            // What rustc compiles now (several crates at once on several cores).
+            self.bar.set_message(format!("Compiling {crates}"));
+        } else if !from_cargo {
             if !line.is_empty() {
                 self.bar.set_message(line.to_string());
             }
@@ -369,33 +408,11 @@ impl Progress {
     }
 }
 
-/// Cargo's own status lines, left out when its output is shown after a failure.
-fn cargo_status(line: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "Compiling",
-        "Checking",
-        "Fresh",
-        "Finished",
-        "Blocking",
-        "Downloaded",
-        "Downloading",
-        "Locking",
-        "Updating",
-        "Adding",
-        "Running",
-        "Building",
-        "Packaging",
-        "Documenting",
-    ];
-    let word = line.split_whitespace().next().unwrap_or_default();
-    WORDS.contains(&word)
-}
-
 /// Follows a deployment to its end: Ok once the service runs; otherwise cargo's errors go to stderr and the
 /// reason is the error.
 async fn follow(
     settings: &Settings,
-    conn: &crate::client::Connection,
+    conn: &micro_client::Connection,
     name: &str,
     version: &str,
     build: &str,
@@ -488,8 +505,14 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         return Err(CliError::input(format!("--instances must be at least 1, not {n}")).into());
     }
     let target = resolve(&source, command.is_some())?;
+    if args.watch && matches!(target, Target::Git(..)) {
+        return Err(CliError::input(format!(
+            "--watch needs a local directory to watch; {source} is a git repository (clone it, then micro run --watch DIR)"
+        ))
+        .into());
+    }
     let name = flags.name.clone().unwrap_or_else(|| target.default_name());
-    if !crate::server::runtime::manager::valid_name(&name) {
+    if !micro_server::runtime::manager::valid_name(&name) {
         return Err(CliError::input(format!(
             "invalid service name {name:?}: use letters, digits, '-', '_' and '.', or choose one with --name"
         ))
@@ -539,8 +562,18 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
         })?
         .into_inner()
         .build;
-    follow(settings, &conn, &name, &version, &build, progress).await?;
-    print_result(settings, &name, &version, &build)
+    let followed = follow(settings, &conn, &name, &version, &build, progress).await;
+    if !args.watch {
+        followed?;
+        return print_result(settings, &name, &version, &build);
+    }
+    // Watching: a first build that fails is reported, and the next change tries again.
+    match followed {
+        Ok(()) => print_result(settings, &name, &version, &build)?,
+        Err(e) => Printer::new(settings.output, Output::Table).message(e.message),
+    }
+    watch(settings, &mut client, &conn, &name, &version, &target).await?;
+    Ok(())
 }
 
 /// Runs `micro update`.
@@ -597,18 +630,36 @@ pub async fn exec_update(settings: &Settings, args: UpdateArgs) -> anyhow::Resul
         };
         (found.name, found.version, target)
     };
+    let build =
+        update_from(settings, &mut client, &conn, &name, &version, target.as_ref(), metadata, args.instances).await?;
+    print_result(settings, &name, if version.is_empty() { "latest" } else { &version }, &build)
+}
+
+/// Uploads `target` (when given; else the server rebuilds what it has) and updates the service `name@version` from
+/// it with `Runtime.Update`, following the deployment to its end; returns the build id.
+#[allow(clippy::too_many_arguments)]
+async fn update_from(
+    settings: &Settings,
+    client: &mut RuntimeClient<tonic::transport::Channel>,
+    conn: &micro_client::Connection,
+    name: &str,
+    version: &str,
+    target: Option<&Target>,
+    mut metadata: HashMap<String, String>,
+    instances: Option<i32>,
+) -> Result<String, CliError> {
     let progress = Progress::new(settings, format!("Uploading {name}"));
-    let mut metadata = metadata;
-    let source_id = match &target {
+    let source_id = match target {
         Some(Target::Local { dir, root, .. }) => {
             metadata.insert("source".into(), dir.to_string_lossy().to_string());
             let root2 = root.clone();
             let archive = tokio::task::spawn_blocking(move || pack(&root2))
-                .await?
+                .await
+                .map_err(|e| CliError::failure(e.to_string()))?
                 .map_err(|e| CliError::failure(format!("cannot pack {}: {e}", root.display())))
                 .inspect_err(|_| progress.clear())?;
-            let upload_version = if version.is_empty() { "latest" } else { version.as_str() };
-            upload(settings, &conn, &name, upload_version, archive).await.inspect_err(|_| progress.clear())?
+            let upload_version = if version.is_empty() { "latest" } else { version };
+            upload(settings, conn, name, upload_version, archive).await.inspect_err(|_| progress.clear())?
         }
         Some(Target::Git(_, text)) => {
             metadata.insert("source".into(), text.clone());
@@ -618,10 +669,10 @@ pub async fn exec_update(settings: &Settings, args: UpdateArgs) -> anyhow::Resul
     };
     progress.bar.set_message(format!("Updating {name}"));
     let req = UpdateRequest {
-        service: Some(Service { name: name.clone(), version: version.clone(), source: source_id, metadata, status: 0 }),
+        service: Some(Service { name: name.into(), version: version.into(), source: source_id, metadata, status: 0 }),
         options: Some(UpdateOptions {
             namespace: settings.namespace.clone(),
-            instances: args.instances.unwrap_or(0),
+            instances: instances.unwrap_or(0),
             ..Default::default()
         }),
     };
@@ -634,8 +685,70 @@ pub async fn exec_update(settings: &Settings, args: UpdateArgs) -> anyhow::Resul
         })?
         .into_inner()
         .build;
-    follow(settings, &conn, &name, &version, &build, progress).await?;
-    print_result(settings, &name, if version.is_empty() { "latest" } else { &version }, &build)
+    follow(settings, conn, name, version, &build, progress).await?;
+    Ok(build)
+}
+
+/// How often `--watch` looks at the files, and how long they must stay the same before a build starts (an editor
+/// may write a file in several steps, and a `git checkout` many files).
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// `micro run --watch`: rebuilds and replaces the service `name` on every change of the files of `target` (those
+/// `micro run` uploads), until Ctrl-C. A failed build is reported and the previous version keeps serving.
+async fn watch(
+    settings: &Settings,
+    client: &mut RuntimeClient<tonic::transport::Channel>,
+    conn: &micro_client::Connection,
+    name: &str,
+    version: &str,
+    target: &Target,
+) -> Result<(), CliError> {
+    let Target::Local { root, dir, .. } = target else {
+        return Err(CliError::input("--watch needs a local directory to watch, not a git repository"));
+    };
+    let printer = Printer::new(settings.output, Output::Table);
+    printer.message(format!("Watching {} for changes (Ctrl-C stops watching; {name} keeps running)", dir.display()));
+    let scan =
+        |root: PathBuf| async move { tokio::task::spawn_blocking(move || snapshot(&root)).await.unwrap_or_default() };
+    let mut seen = scan(root.clone()).await;
+    let stop = micro::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(WATCH_POLL) => {}
+        }
+        let mut now = scan(root.clone()).await;
+        if now == seen {
+            continue;
+        }
+        // Wait for the files to settle.
+        loop {
+            tokio::time::sleep(WATCH_POLL).await;
+            let again = scan(root.clone()).await;
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+        let files = changed(&seen, &now);
+        seen = now;
+        let shown: Vec<String> = files.iter().take(3).map(|p| p.display().to_string()).collect();
+        let more = if files.len() > 3 { format!(" and {} more", files.len() - 3) } else { String::new() };
+        printer.message(format!("Changed: {}{more}; updating {name}", shown.join(", ")));
+        let started = std::time::Instant::now();
+        let updated = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            updated = update_from(settings, client, conn, name, version, Some(target), HashMap::new(), None) => updated,
+        };
+        match updated {
+            Ok(_) => printer.message(format!(
+                "{name} is running the new build ({:.1}s); watching for changes",
+                started.elapsed().as_secs_f64()
+            )),
+            Err(e) => printer.message(format!("{}\nWatching for changes: fix the error and save again", e.message)),
+        }
+    }
 }
 
 /// The source of an update: like `run`'s, but a directory without Cargo.toml is fine (the service may run a

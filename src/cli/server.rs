@@ -1,7 +1,7 @@
 //! `micro server`: runs the local server until SIGINT or SIGTERM.
 
-use crate::env;
 use crate::exit::CliError;
+use micro_core::env;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,16 +31,16 @@ pub struct Args {
     /// Where the store keeps its records, and auth, config and events their state: `redb` (embedded, in the data
     /// dir) or a `postgres://user:password@host/db` URL (in a build with the `postgres` feature; servers that share
     /// the database share accounts, config and events, and must hold the same auth.key and config.key).
-    #[arg(long, env = env::MICRO_STORE, default_value = "redb", value_parser = crate::server::store::StoreBackend::parse, value_name = "redb|URL", hide_env_values = true)]
-    pub store: crate::server::store::StoreBackend,
+    #[arg(long, env = env::MICRO_STORE, default_value = "redb", value_parser = micro_server::store::StoreBackend::parse, value_name = "redb|URL", hide_env_values = true)]
+    pub store: micro_server::store::StoreBackend,
     /// Where the broker's messages travel: `memory` (in this server) or a `nats://host:port` URL (in a build with
     /// the `nats` feature), so that several servers share topics.
-    #[arg(long, env = env::MICRO_BROKER, default_value = "memory", value_parser = crate::server::broker::BrokerBackend::parse, value_name = "memory|URL")]
-    pub broker: crate::server::broker::BrokerBackend,
+    #[arg(long, env = env::MICRO_BROKER, default_value = "memory", value_parser = micro_server::broker::BrokerBackend::parse, value_name = "memory|URL")]
+    pub broker: micro_server::broker::BrokerBackend,
     /// Whether the registry is shared with other servers: `memory` (this server only) or an `etcd://host:port`
     /// URL (in a build with the `etcd` feature).
-    #[arg(long, env = env::MICRO_REGISTRY, default_value = "memory", value_parser = crate::server::registry::Sharing::parse, value_name = "memory|URL")]
-    pub registry: crate::server::registry::Sharing,
+    #[arg(long, env = env::MICRO_REGISTRY, default_value = "memory", value_parser = micro_server::registry::Sharing::parse, value_name = "memory|URL")]
+    pub registry: micro_server::registry::Sharing,
     /// Serve the proxy and the API gateway over TLS with this certificate chain (PEM, the server's certificate
     /// first, e.g. Let's Encrypt's fullchain.pem), with --tls-key. Re-read when it changes, without a restart.
     #[arg(long, env = env::MICRO_TLS_CERT, value_name = "FILE", requires = "tls_key", conflicts_with = "tls")]
@@ -64,8 +64,8 @@ pub struct Args {
 
 impl Args {
     /// The TLS settings of the flags: `None` for plaintext.
-    fn tls_settings(&self) -> Result<Option<crate::server::tls::TlsSettings>, CliError> {
-        use crate::server::tls::{CertSource, TlsSettings};
+    fn tls_settings(&self) -> Result<Option<micro_server::tls::TlsSettings>, CliError> {
+        use micro_server::tls::{CertSource, TlsSettings};
         let source = match (&self.tls_cert, &self.tls_key, self.tls.as_deref()) {
             (Some(cert), Some(key), None) => CertSource::Files { cert: cert.clone(), key: key.clone() },
             (None, None, Some("self-signed")) => CertSource::SelfSigned,
@@ -86,24 +86,13 @@ impl Args {
     }
 }
 
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_new(env::var(env::MICRO_LOG_LEVEL).unwrap_or_else(|| "info".into()))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-}
-
-/// Sets up logging (to stderr; `MICRO_LOG_LEVEL`, default `info`).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use micro::logging::init_logging;
+use micro::logging::log_filter;
 
 /// Sets up the server's logging: to stderr, and to `logs/server.log` in `data_dir` (rotated by size), which
 /// `micro logs server` reads.
 pub fn init_server_logging(data_dir: &std::path::Path) {
-    use crate::server::runtime::logs::{LOG_MAX_BYTES, LogFile, LogWriter, server_log_path};
+    use micro_server::runtime::logs::{LOG_MAX_BYTES, LogFile, LogWriter, server_log_path};
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let file = LogWriter(std::sync::Arc::new(LogFile::new(server_log_path(data_dir), LOG_MAX_BYTES)));
     let stderr = tracing_subscriber::fmt::layer()
@@ -135,7 +124,7 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
             args.api_address
         ))
     })?;
-    let config = crate::server::ServerConfig {
+    let config = micro_server::ServerConfig {
         data_dir,
         prune_interval: args.prune_interval,
         admin_password: args.auth_admin_password,
@@ -146,10 +135,10 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         tls,
         tls_upstream_ca: args.tls_upstream_ca,
     };
-    crate::server::serve_all(listener, Some(api_listener), config, crate::service::shutdown_signal()).await.map_err(
+    micro_server::serve_all(listener, Some(api_listener), config, micro::shutdown_signal()).await.map_err(
         |e| match e {
             // A TLS file that cannot be used is a bad value of its flag (the message names the file).
-            crate::server::ServerError::Tls(e) => anyhow::Error::new(CliError::input(e.to_string())),
+            micro_server::ServerError::Tls(e) => anyhow::Error::new(CliError::input(e.to_string())),
             e => anyhow::Error::new(e).context("micro server failed"),
         },
     )?;

@@ -3,11 +3,11 @@
 //! services (which `micro server` answers for itself) and `--all custom` every other service.
 
 use super::output::Printer;
-use crate::client::connection::node_failure;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::debug::{StatsRequest, debug_client::DebugClient};
-use crate::server::CORE_NAMES;
 use crate::settings::{Output, Settings};
+use micro_client::connection::node_failure;
+use micro_core::proto::debug::{StatsRequest, debug_client::DebugClient};
+use micro_server::CORE_NAMES;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Which services `--all` means.

@@ -8,9 +8,9 @@
 use super::output::Printer;
 use super::run::{client, runtime_error, split_version};
 use crate::exit::{CliError, ExitStatus};
-use crate::proto::runtime::{ReadOptions, ReadRequest, Service};
-use crate::server::runtime::records::Status;
 use crate::settings::{Output, Settings};
+use micro_core::proto::runtime::{ReadOptions, ReadRequest, Service};
+use micro_server::runtime::records::Status;
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
 
@@ -63,10 +63,21 @@ pub fn metadata_cell(service: &Service) -> String {
     if let Some(r) = m.get("restarts").filter(|r| r.as_str() != "0") {
         cell.push_str(&format!(", restarts={r}"));
     }
-    if Status::from_code(service.status) == Status::Error {
+    if Status::from_code(service.status) == Status::Error || m.get("error").is_some_and(|e| !e.is_empty()) {
         cell.push_str(&format!(", error={}", or_na(m.get("error")).lines().next().unwrap_or_default()));
     }
     cell
+}
+
+/// The STATUS cell: the status, and the deployment in progress with its time so far: `building 12s` for a first
+/// build, `running, building 3s` while an update builds (the previous version serves until the new one does).
+pub fn status_cell(service: &Service) -> String {
+    let word = Status::from_code(service.status).word();
+    let m = &service.metadata;
+    let Some(stage) = m.get("deploy") else { return word.to_string() };
+    let elapsed = m.get("deploy_elapsed_ms").and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
+    let elapsed = fmt_duration(Duration::from_millis(elapsed));
+    if word == stage { format!("{word} {elapsed}") } else { format!("{word}, {stage} {elapsed}") }
 }
 
 /// One row of the table.
@@ -74,15 +85,7 @@ pub fn row(service: &Service, now: SystemTime) -> Vec<String> {
     let version = if service.version.is_empty() { "n/a".to_string() } else { service.version.clone() };
     let source = or_na(service.metadata.get("source").or(Some(&service.source)));
     let build: String = or_na(service.metadata.get("build")).chars().take(7).collect();
-    vec![
-        service.name.clone(),
-        version,
-        source,
-        Status::from_code(service.status).word().to_string(),
-        build,
-        ago(service, now),
-        metadata_cell(service),
-    ]
+    vec![service.name.clone(), version, source, status_cell(service), build, ago(service, now), metadata_cell(service)]
 }
 
 /// A service as JSON.
@@ -97,6 +100,10 @@ pub fn service_json(service: &Service) -> Value {
         "updated": service.metadata.get("updated").cloned().unwrap_or_default(),
         "restarts": service.metadata.get("restarts").and_then(|r| r.parse::<u64>().ok()).unwrap_or(0),
         "error": service.metadata.get("error").cloned().unwrap_or_default(),
+        "deploy": service.metadata.get("deploy").map(|stage| json!({
+            "stage": stage,
+            "elapsed_ms": service.metadata.get("deploy_elapsed_ms").and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0),
+        })),
         "metadata": metadata,
     })
 }
@@ -186,5 +193,21 @@ mod tests {
         s.status = 4;
         s.metadata.clear();
         assert_eq!(row(&s, now)[4..], ["n/a", "unknown", "owner=n/a, group=n/a"]);
+    }
+
+    #[test]
+    fn deployments_in_progress_show_their_stage_and_time() {
+        let building = Status::Building.code();
+        let running = Status::Running.code();
+        let mut s = Service { name: "greeter".into(), status: building, ..Default::default() };
+        assert_eq!(status_cell(&s), "building");
+        s.metadata.insert("deploy".into(), "building".into());
+        s.metadata.insert("deploy_elapsed_ms".into(), "12400".into());
+        assert_eq!(status_cell(&s), "building 12s");
+        s.status = running;
+        assert_eq!(status_cell(&s), "running, building 12s");
+        s.metadata.insert("error".into(), "update failed: build failed: error[E0308]: mismatched types".into());
+        assert!(metadata_cell(&s).ends_with("error=update failed: build failed: error[E0308]: mismatched types"));
+        assert_eq!(service_json(&s)["deploy"], json!({"stage": "building", "elapsed_ms": 12400}));
     }
 }

@@ -27,18 +27,18 @@
 //! Records that expired since the snapshot are skipped. Readers of a later version must keep reading version 1.
 
 use super::output::Printer;
-use crate::client::Connection;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::store::{
-    DatabasesRequest, DeleteOptions, DeleteRequest, ExportRequest, Field, ImportRequest, ImportResponse, ListOptions,
-    ListRequest, ReadOptions, ReadRequest, Record, TablesRequest, WriteOptions, WriteRequest,
-    store_client::StoreClient,
-};
-use crate::server::store::backend::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::settings::{Output, Settings};
 use anyhow::Context;
 use base64::Engine;
 use clap::Subcommand;
+use micro_client::Connection;
+use micro_core::proto::store::{
+    DatabasesRequest, DeleteOptions, DeleteRequest, ExportRequest, Field, ImportRequest, ImportResponse, ListOptions,
+    ListRequest, ReadOptions, ReadRequest, Record, TablesRequest, WriteOptions, WriteRequest,
+    store_client::StoreClient,
+};
+use micro_server::store::backend::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -52,7 +52,7 @@ pub const SNAPSHOT_FORMAT: &str = "micro-store-snapshot";
 /// The snapshot format version this micro writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
 /// The largest message the CLI accepts from the store (see `server::store::service::MAX_MESSAGE_BYTES`).
-const MAX_MESSAGE_BYTES: usize = crate::server::store::service::MAX_MESSAGE_BYTES;
+const MAX_MESSAGE_BYTES: usize = micro_core::metadata::STORE_MAX_MESSAGE_BYTES;
 /// Records per `ImportRequest` message, at most.
 const IMPORT_RECORDS: usize = 500;
 /// Bytes per `ImportRequest` message, about (a larger record goes alone).
@@ -95,7 +95,7 @@ pub struct Target {
     #[arg(long)]
     pub database: Option<String>,
     /// The table.
-    #[arg(long, default_value = crate::server::store::backend::DEFAULT_TABLE)]
+    #[arg(long, default_value = micro_server::store::backend::DEFAULT_TABLE)]
     pub table: String,
 }
 

@@ -10,10 +10,10 @@
 use super::login::{credential_error, prompt_secret};
 use super::output::Printer;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
-use crate::proto::auth::{Account, ChangeSecretRequest, InspectRequest, Options};
 use crate::settings::{ConfigFile, Output, Settings};
 use anyhow::Context as _;
 use clap::Subcommand;
+use micro_core::proto::auth::{Account, ChangeSecretRequest, InspectRequest, Options};
 
 /// Arguments of `micro user`.
 #[derive(Debug, clap::Args)]

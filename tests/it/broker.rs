@@ -2,8 +2,8 @@
 //! isolation, bad input, and subscriptions that end when the server stops.
 
 use crate::support::{DEADLINE, Dirs, Platform, micro_bin};
-use micro::service::broker::Broker;
-use micro::service::client::Client;
+use micro::broker::Broker;
+use micro::client::Client;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
@@ -301,7 +301,7 @@ fn the_library_subscribes_with_a_handler() {
         let messages = futures::stream::iter((0..1000).map(|i| {
             (
                 "lib".to_string(),
-                micro::proto::broker::Message { header: Default::default(), body: format!("m{i}").into_bytes() },
+                micro_core::proto::broker::Message { header: Default::default(), body: format!("m{i}").into_bytes() },
             )
         }));
         assert_eq!(broker.publish_all(messages).await.unwrap(), 1000);

@@ -2,8 +2,8 @@
 //! strings that are not JSON, secrets (hidden, revealed, encrypted at rest), errors, access rules, and a restart.
 
 use crate::support::{Dirs, Platform, block_on};
-use micro::service::client::Client;
-use micro::service::config::Config;
+use micro::client::Client;
+use micro::config::Config;
 
 #[test]
 fn set_get_delete_with_merge_semantics() {

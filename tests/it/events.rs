@@ -4,8 +4,8 @@
 
 use crate::broker::Background;
 use crate::support::{Dirs, Platform, block_on, snapshot_settings};
-use micro::service::client::Client;
-use micro::service::events::{ConsumeOptions, Events};
+use micro::client::Client;
+use micro::events::{ConsumeOptions, Events};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

@@ -32,3 +32,4 @@ mod stats;
 mod store;
 mod streaming;
 mod tls;
+mod walls;

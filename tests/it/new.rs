@@ -1,11 +1,11 @@
 //! `micro new`: a scaffolded service builds, runs and answers.
 //!
 //! The build tests compile the new package with cargo into the target dir of the `micro` under test, so that the
-//! crates micro was built with are reused. The first build compiles the `micro` library once more: cargo hashes a
-//! path dependency outside the package's workspace by its absolute path, not by its path inside micro's workspace.
-//! Every new package shares that build, so later builds compile only the new package.
+//! crates micro was built with are reused. The first build compiles the service library once more, from the copy
+//! `micro new` laid out (in [`library_dir`], shared by every test): cargo hashes a path dependency by its absolute
+//! path. Every new package shares that build, so later builds compile only the new package.
 
-use crate::support::{Cli, DEADLINE, Dirs, Platform, micro_bin, snapshot_settings};
+use crate::support::{Cli, DEADLINE, Dirs, Platform, library_dir, micro_bin, snapshot_settings};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -143,13 +143,77 @@ fn prints_the_tree_and_writes_the_files() {
         assert!(dir.join(&file).is_file(), "{file} is missing");
     }
     let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-    let micro_dir = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
-    assert!(toml.contains(&format!("micro = {{ path = \"{}\" }}", micro_dir.display())), "{toml}");
+    let library = laid_out_library(&dir);
+    assert!(library.join("crates/micro/src/lib.rs").is_file(), "{toml}");
     assert!(toml.contains("\n[workspace]\n"), "{toml}");
     assert!(!toml.contains(".workspace"), "{toml}");
     let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
     assert!(main.contains("micro::Service::new(\"greeter\")"), "{main}");
     assert_eq!(std::fs::read_to_string(dir.join(".gitignore")).unwrap(), "/target\n");
+}
+
+/// The library the package in `package` depends on: `micro = { path = "<library_dir>/<version>-<id>/crates/micro" }`
+/// in its Cargo.toml, checked to be one `micro new` laid out in [`library_dir`] (for the version under test).
+fn laid_out_library(package: &Path) -> PathBuf {
+    let toml = std::fs::read_to_string(package.join("Cargo.toml")).unwrap();
+    let line = toml.lines().find(|l| l.starts_with("micro = { path = \"")).expect("a path dependency on micro");
+    let path = line.trim_start_matches("micro = { path = \"").trim_end_matches("\" }");
+    let library = Path::new(path).parent().and_then(Path::parent).expect("…/crates/micro").to_path_buf();
+    assert!(path.ends_with("/crates/micro"), "{line}");
+    assert_eq!(library.parent(), Some(library_dir().as_path()), "{line}");
+    let name = library.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("{}-", env!("CARGO_PKG_VERSION"))), "{name}");
+    assert!(library.join(".micro-library").is_file(), "{} is not complete", library.display());
+    library
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// A generated service depends on nothing in micro's checkout: neither the package nor the library it depends on
+/// names the checkout, and cargo finds every path package of its graph in the package or the laid-out library. So
+/// it builds (see `new_service_builds_offline_and_answers`) after the checkout moves or is deleted.
+#[test]
+fn a_new_service_does_not_depend_on_the_checkout() {
+    let dirs = Dirs::new();
+    let dir = dirs.path().join("greeter");
+    micro(&dirs, &["new", &dir.to_string_lossy()]).ok();
+    let library = laid_out_library(&dir);
+    let checkout = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap().to_string_lossy().into_owned();
+    // (The tests lay the library out in the checkout's target dir, so look for the checkout's sources.)
+    let sources = [format!("{checkout}/crates"), format!("{checkout}/proto"), format!("\"{checkout}\"")];
+    for file in files_under(&dir).into_iter().chain(files_under(&library)) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        for source in &sources {
+            assert!(!text.contains(source.as_str()), "{} names the checkout: {source}", file.display());
+        }
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--offline", "--format-version", "1", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let local: Vec<String> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["source"].is_null())
+        .map(|p| p["manifest_path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(local.len(), 4, "greeter, micro, micro-client, micro-core: {local:?}");
+    let library = library.to_string_lossy().into_owned();
+    for manifest in &local {
+        assert!(manifest.starts_with(&*dir.to_string_lossy()) || manifest.starts_with(&library), "{manifest}");
+    }
 }
 
 #[test]
@@ -223,7 +287,7 @@ fn refuses_a_bad_micro_path() {
     let dirs = Dirs::new();
     let dir = dirs.path().join("greeter");
     let run = micro(&dirs, &["new", &dir.to_string_lossy(), "--micro-path", &dirs.path().to_string_lossy()]).code(128);
-    assert!(run.stderr.contains("is not micro's source"), "{}", run.snapshot());
+    assert!(run.stderr.contains("is not a checkout of micro"), "{}", run.snapshot());
     assert!(!dir.exists());
     let run = Cli::new("127.0.0.1:1", &dirs, ["new", &dir.to_string_lossy()])
         .env("MICRO_SOURCE", &dirs.path().join("nope").to_string_lossy())
@@ -252,6 +316,7 @@ fn new_then_micro_run() {
     let p = Platform::start_env(&[
         ("MICRO_RUNTIME_CARGO_PROFILE", cargo_profile(&profile)),
         ("MICRO_RUNTIME_TARGET_DIR", &target_dir),
+        ("MICRO_BUILD_DIR", &target_dir),
     ]);
     let dir = p.path("greeter");
     p.micro(["new", &dir.to_string_lossy()]).ok();

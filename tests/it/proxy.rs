@@ -6,7 +6,7 @@ use echo::pb::Everything;
 use echo::pb::echo_client::EchoClient;
 use helloworld::pb::helloworld_client::HelloworldClient;
 use helloworld::pb::{CallRequest, CallResponse, Ping, StreamRequest};
-use micro::service::client::Client;
+use micro::client::Client;
 use tokio_stream::StreamExt;
 use tonic::Code;
 

@@ -1,7 +1,7 @@
 //! The registry: TTL expiry of a node that stops heart-beating, and the watch event it emits.
 
 use crate::support::{Platform, SHORT_TTL, channel, runtime};
-use micro::proto::registry::{Result as WatchResult, WatchRequest, registry_client::RegistryClient};
+use micro_core::proto::registry::{Result as WatchResult, WatchRequest, registry_client::RegistryClient};
 use std::time::Duration;
 use tonic::Streaming;
 

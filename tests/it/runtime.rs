@@ -26,6 +26,7 @@ fn platform() -> Platform {
     Platform::start_env(&[
         ("MICRO_RUNTIME_CARGO_PROFILE", &profile),
         ("MICRO_RUNTIME_TARGET_DIR", &target),
+        ("MICRO_BUILD_DIR", &target),
         ("MICRO_RUNTIME_KILL_GRACE", "3s"),
     ])
 }
@@ -532,3 +533,109 @@ fn spawn_cli(p: &Platform, args: &[&str]) -> Streaming {
     });
     Streaming { child, lines: rx }
 }
+
+/// A `micro run --watch` process whose stderr (where the watcher reports) is collected.
+struct Watcher {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watcher {
+    fn start(p: &Platform, dir: &std::path::Path) -> Self {
+        let mut child = CliSpec::of(p)
+            .command(&["run", "--watch", &dir.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start micro run --watch");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (pipe, out) = (child.stderr.take().expect("stderr is piped"), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut text = out.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn said(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to `limit` for `ready`, naming `what` (and showing `context()`) when it does not come.
+fn wait_long(what: &str, limit: Duration, mut ready: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}:\n{}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `micro run --watch`: a saved change is built and replaces the running process; a change that does not compile
+/// keeps the previous version serving, with the compiler's error in the watcher's output, `micro status` and
+/// `micro logs`; the next good change replaces it again.
+#[test]
+fn watch_rebuilds_on_change_and_a_failed_build_keeps_the_old_process_serving() {
+    let p = platform();
+    let _cleanup = KillAll::of(&p);
+    let dir = p.path("watched");
+    p.micro(["new", &dir.to_string_lossy()]).ok();
+    let handler = dir.join("src/handler.rs");
+    let original = std::fs::read_to_string(&handler).unwrap();
+    assert!(original.contains("format!(\"Hello {name}\")"), "{original}");
+    let answer = |p: &Platform| {
+        let run = p.micro(["watched", "call", "--name=Ann"]);
+        if run.code == 0 { run.json()["msg"].as_str().unwrap_or_default().to_string() } else { String::new() }
+    };
+    let build_time = Duration::from_secs(900);
+
+    let watcher = Watcher::start(&p, &dir);
+    wait_long("the first build", build_time, || answer(&p) == "Hello Ann", || watcher.said());
+    wait_long("watching", DEADLINE_WATCH, || watcher.said().contains("Watching "), || watcher.said());
+    let first = pids(&p, "watched");
+
+    // A change is built and served, by a new process.
+    std::fs::write(&handler, original.replace("format!(\"Hello {name}\")", "format!(\"Howdy {name}\")")).unwrap();
+    wait_long("the new answer", build_time, || answer(&p) == "Howdy Ann", || watcher.said());
+    assert!(watcher.said().contains("Changed: src/handler.rs; updating watched"), "{}", watcher.said());
+    let second = pids(&p, "watched");
+    assert_ne!(first.last(), second.last(), "the process was replaced");
+
+    // A change that does not compile: the previous version keeps serving, and the error is shown everywhere.
+    std::fs::write(&handler, original.replace("format!(\"Hello {name}\")", "42u32")).unwrap();
+    wait_long(
+        "the failed build",
+        build_time,
+        || watcher.said().contains("fix the error and save again"),
+        || watcher.said(),
+    );
+    assert!(watcher.said().contains("error[E0308]"), "{}", watcher.said());
+    assert_eq!(answer(&p), "Howdy Ann");
+    let list = status(&p);
+    let svc = service(&list, "watched").expect("watched in status");
+    assert_eq!(svc["status"], "running", "{svc}");
+    assert!(svc["error"].as_str().unwrap_or_default().starts_with("update failed: build failed"), "{svc}");
+    let logs = p.micro(["logs", "-n", "200", "watched"]).ok();
+    assert!(logs.stdout.contains("error[E0308]"), "{}", logs.snapshot());
+
+    // Fixed: served again, and the error is gone from status.
+    std::fs::write(&handler, original.replace("format!(\"Hello {name}\")", "format!(\"Hi {name}\")")).unwrap();
+    wait_long("the fixed answer", build_time, || answer(&p) == "Hi Ann", || watcher.said());
+    let list = status(&p);
+    let svc = service(&list, "watched").expect("watched in status");
+    assert_eq!((svc["status"].as_str(), svc["error"].as_str()), (Some("running"), Some("")), "{svc}");
+}
+
+/// How long the watcher may take to say it watches after the first build.
+const DEADLINE_WATCH: Duration = Duration::from_secs(30);

@@ -3,8 +3,8 @@
 //! (SIGKILL during a burst of concurrent writes: every acknowledged write survives).
 
 use crate::support::{Dirs, Platform, block_on, snapshot_settings};
-use micro::service::client::Client;
-use micro::service::store::{Query, Store, WriteOptions};
+use micro::client::Client;
+use micro::store::{Query, Store, WriteOptions};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

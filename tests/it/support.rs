@@ -23,6 +23,12 @@ pub fn micro_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_micro"))
 }
 
+/// Where `micro new` lays out its service library in every test: one directory beside the `micro` binary under
+/// test, so that the library compiles once per test run for every generated service.
+pub fn library_dir() -> PathBuf {
+    micro_bin().parent().expect("the micro binary has a dir").join("micro-test-library")
+}
+
 /// An example service binary (`helloworld`, `echo`, `notes`), built once per test run next to the `micro` binary.
 pub fn example_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -705,6 +711,7 @@ impl Cli {
         cmd.env("HOME", dirs.home())
             .env("MICRO_CONFIG_DIR", dirs.path().join("config"))
             .env("MICRO_CACHE_DIR", dirs.path().join("cache"))
+            .env("MICRO_LIBRARY_DIR", library_dir())
             .env("MICRO_PROXY", addr)
             .env("COLUMNS", "100");
         let line = std::iter::once("micro".to_string()).chain(args.iter().map(|a| shell_word(a))).collect::<Vec<_>>();

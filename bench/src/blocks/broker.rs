@@ -5,7 +5,7 @@
 //! least 100 k msg/s.
 
 use crate::Bench;
-use micro::proto::broker::{Message, PublishRequest, SubscribeRequest, broker_client::BrokerClient};
+use micro_core::proto::broker::{Message, PublishRequest, SubscribeRequest, broker_client::BrokerClient};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

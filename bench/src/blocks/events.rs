@@ -4,8 +4,8 @@
 
 use crate::Bench;
 use crate::stats::{Samples, ms, thousands};
-use micro::service::client::Client;
-use micro::service::events::{ConsumeOptions, Events};
+use micro::client::Client;
+use micro::events::{ConsumeOptions, Events};
 use std::time::{Duration, Instant};
 
 /// Sequential publish → consume samples.
@@ -16,9 +16,9 @@ const PER_PUBLISHER: usize = 50;
 
 /// Runs the events measurements and prints their figures.
 pub async fn run(bench: &Bench) -> anyhow::Result<()> {
-    let client = Client::new(&bench.proxy, micro::DEFAULT_NAMESPACE)?.with_token(&bench.token);
+    let client = Client::new(&bench.proxy, micro_core::DEFAULT_NAMESPACE)?.with_token(&bench.token);
     let events = Events::from_client(&client);
-    let consumer_client = Client::new(&bench.proxy, micro::DEFAULT_NAMESPACE)?.with_token(&bench.token);
+    let consumer_client = Client::new(&bench.proxy, micro_core::DEFAULT_NAMESPACE)?.with_token(&bench.token);
     let mut consumer =
         Events::from_client(&consumer_client).consume("latency", ConsumeOptions::group("bench").auto_ack()).await?;
 
@@ -63,7 +63,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<()> {
             for _ in 0..PER_PUBLISHER {
                 events.publish("throughput", payload.clone(), Default::default()).await?;
             }
-            Ok::<_, micro::service::events::EventsError>(())
+            Ok::<_, micro::events::EventsError>(())
         }));
     }
     for t in tasks {

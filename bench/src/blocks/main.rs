@@ -38,20 +38,20 @@ pub struct Bench {
 
 impl Bench {
     /// A connection to the proxy, authenticated as the admin.
-    pub fn connection(&self) -> anyhow::Result<micro::client::Connection> {
-        Ok(micro::client::Connection::new(&self.proxy, micro::DEFAULT_NAMESPACE)?.with_token(Some(&self.token)))
+    pub fn connection(&self) -> anyhow::Result<micro_client::Connection> {
+        Ok(micro_client::Connection::new(&self.proxy, micro_core::DEFAULT_NAMESPACE)?.with_token(Some(&self.token)))
     }
 }
 
 /// The server's backends from `--store URL` and `--broker URL`, as `micro server` parses them.
-fn backends() -> anyhow::Result<(micro::server::store::StoreBackend, micro::server::broker::BrokerBackend)> {
+fn backends() -> anyhow::Result<(micro_server::store::StoreBackend, micro_server::broker::BrokerBackend)> {
     let (mut store, mut broker) = (Default::default(), Default::default());
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--store" => store = micro::server::store::StoreBackend::parse(&value).map_err(anyhow::Error::msg)?,
-            "--broker" => broker = micro::server::broker::BrokerBackend::parse(&value).map_err(anyhow::Error::msg)?,
+            "--store" => store = micro_server::store::StoreBackend::parse(&value).map_err(anyhow::Error::msg)?,
+            "--broker" => broker = micro_server::broker::BrokerBackend::parse(&value).map_err(anyhow::Error::msg)?,
             other => anyhow::bail!("unknown flag {other}: the flags are --store URL and --broker URL"),
         }
     }
@@ -66,19 +66,19 @@ async fn main() -> anyhow::Result<()> {
     let data = tempfile::Builder::new().prefix("micro-bench-blocks").tempdir()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy = listener.local_addr()?.to_string();
-    let config = micro::server::ServerConfig {
+    let config = micro_server::ServerConfig {
         admin_password: Some(ADMIN_PASSWORD.into()),
         store,
         broker,
-        ..micro::server::ServerConfig::new(data.path().join("server"))
+        ..micro_server::ServerConfig::new(data.path().join("server"))
     };
-    let shared = config.store != micro::server::store::StoreBackend::default();
+    let shared = config.store != micro_server::store::StoreBackend::default();
     let server_dir = config.data_dir.clone();
     if shared {
         keys(&server_dir, KeysTo::Server)?;
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(micro::server::serve(listener, config, async move {
+    let server = tokio::spawn(micro_server::serve(listener, config, async move {
         let _ = stopped.await;
     }));
     let token = login(&proxy).await.context(if shared {
@@ -133,14 +133,14 @@ fn keys(server_dir: &std::path::Path, to: KeysTo) -> anyhow::Result<()> {
 }
 
 async fn login(proxy: &str) -> anyhow::Result<String> {
-    use micro::proto::auth::{Options, TokenRequest};
+    use micro_core::proto::auth::{Options, TokenRequest};
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let conn = micro::client::Connection::new(proxy, micro::DEFAULT_NAMESPACE)?;
+        let conn = micro_client::Connection::new(proxy, micro_core::DEFAULT_NAMESPACE)?;
         let req = conn.request(TokenRequest {
             id: "admin".into(),
             secret: ADMIN_PASSWORD.into(),
-            options: Some(Options { namespace: micro::DEFAULT_NAMESPACE.into() }),
+            options: Some(Options { namespace: micro_core::DEFAULT_NAMESPACE.into() }),
             ..Default::default()
         });
         match conn.auth().token(req).await {

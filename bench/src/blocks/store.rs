@@ -9,7 +9,9 @@
 
 use crate::Bench;
 use crate::stats::thousands;
-use micro::proto::store::{ReadOptions, ReadRequest, Record, WriteOptions, WriteRequest, store_client::StoreClient};
+use micro_core::proto::store::{
+    ReadOptions, ReadRequest, Record, WriteOptions, WriteRequest, store_client::StoreClient,
+};
 use redb::{Database, TableDefinition};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +46,7 @@ fn raw_single_commit(dir: &std::path::Path) -> anyhow::Result<f64> {
 /// `clients` concurrent loops of `op` for [`DURATION`]; returns operations per second.
 async fn throughput<F, Fut>(bench: &Bench, clients: usize, op: F) -> anyhow::Result<f64>
 where
-    F: Fn(StoreClient<tonic::transport::Channel>, micro::client::Connection, usize, u64) -> Fut
+    F: Fn(StoreClient<tonic::transport::Channel>, micro_client::Connection, usize, u64) -> Fut
         + Clone
         + Send
         + Sync
@@ -62,7 +64,7 @@ where
         let conn = connections[c / PER_CONNECTION].clone();
         let (done, op) = (done.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
-            let client = micro::cli::store::client(&conn);
+            let client = micro_cli::cli::store::client(&conn);
             let mut i = 0u64;
             while start.elapsed() < DURATION {
                 op(client.clone(), conn.clone(), c, i).await?;
@@ -81,7 +83,7 @@ where
 /// The store backend alone (no gRPC): `tasks` concurrent writers for [`DURATION`]. Returns writes per second and
 /// writes per commit.
 async fn backend(dir: &std::path::Path, tasks: usize) -> anyhow::Result<(f64, f64)> {
-    use micro::server::store::backend::{Location, Record as BackendRecord, RedbStore, Store};
+    use micro_server::store::backend::{Location, Record as BackendRecord, RedbStore, Store};
     let (store, _closed) = RedbStore::open(&dir.join(format!("backend-{tasks}.redb")))?;
     let store = Arc::new(store);
     let done = Arc::new(AtomicU64::new(0));
@@ -99,7 +101,7 @@ async fn backend(dir: &std::path::Path, tasks: usize) -> anyhow::Result<(f64, f6
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
-            Ok::<(), micro::server::store::backend::StoreError>(())
+            Ok::<(), micro_server::store::backend::StoreError>(())
         }));
     }
     for h in handles {
@@ -111,7 +113,7 @@ async fn backend(dir: &std::path::Path, tasks: usize) -> anyhow::Result<(f64, f6
 
 async fn write(
     mut client: StoreClient<tonic::transport::Channel>,
-    conn: micro::client::Connection,
+    conn: micro_client::Connection,
     table: &'static str,
     key: String,
 ) -> Result<(), tonic::Status> {
@@ -157,7 +159,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<()> {
     let conn = bench.connection()?;
     let mut writes = Vec::new();
     for k in 0..64 * 16 {
-        writes.push(tokio::spawn(write(micro::cli::store::client(&conn), conn.clone(), "r", format!("r-{k:04}"))));
+        writes.push(tokio::spawn(write(micro_cli::cli::store::client(&conn), conn.clone(), "r", format!("r-{k:04}"))));
     }
     for w in writes {
         w.await??;

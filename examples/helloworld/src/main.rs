@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    micro::cli::server::init_logging();
+    micro::init_logging();
     match helloworld::service().run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

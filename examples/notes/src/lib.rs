@@ -10,11 +10,11 @@
 //!
 //! The handler is a library so tests can serve it in-process; `main.rs` runs it as a micro service.
 
-use micro::service::broker::Broker;
-use micro::service::client::Client;
-use micro::service::config::Config;
-use micro::service::events::{ConsumeOptions, Events};
-use micro::service::store::{Query, Store};
+use micro::broker::Broker;
+use micro::client::Client;
+use micro::config::Config;
+use micro::events::{ConsumeOptions, Events};
+use micro::store::{Query, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    micro::cli::server::init_logging();
-    let client = match micro::service::client::Client::from_env() {
+    micro::init_logging();
+    let client = match micro::client::Client::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("notes: {e}");

@@ -160,7 +160,7 @@ static METHODS: LazyLock<Vec<MethodDescriptor>> = LazyLock::new(|| {
     let mut pool = DescriptorPool::global();
     pool.add_file_descriptor_proto(fuzz_file()).expect("the fuzz schema is valid");
     let mut methods: Vec<_> = pool.services().flat_map(|s| s.methods().collect::<Vec<_>>()).collect();
-    let core = Schema::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the core schema");
+    let core = Schema::decode(micro_core::proto::FILE_DESCRIPTOR_SET).expect("the core schema");
     methods.extend(core.pool.services().flat_map(|s| s.methods().collect::<Vec<_>>()));
     methods
 });
@@ -366,7 +366,7 @@ fn convert(endpoint: usize, picks: Vec<(Index, String)>) -> Result<Conversion, T
 }
 
 proptest! {
-    #![proptest_config(crate::codec::proptests::config(256))]
+    #![proptest_config(micro_core::testing::config(256))]
 
     /// Any values for any flags of any endpoint (the `fuzz` one half of the time) build the request, or fail with
     /// an input error that names one of the flags given, or comes from the final conversion (finding 2).

@@ -7,7 +7,7 @@
 //! and none were closed.
 
 use crate::support::{Platform, channel, curl, runtime};
-use micro::proto::registry::{WatchRequest, registry_client::RegistryClient};
+use micro_core::proto::registry::{WatchRequest, registry_client::RegistryClient};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

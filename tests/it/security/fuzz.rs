@@ -6,7 +6,7 @@
 use crate::support::{Platform, block_on, channel};
 use bytes::{Buf, BufMut};
 use http::uri::PathAndQuery;
-use micro::proto::auth::TokenRequest;
+use micro_core::proto::auth::TokenRequest;
 use prost::Message;
 use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -101,7 +101,7 @@ fn malformed_protobuf_is_invalid_argument_not_internal() {
 #[test]
 fn every_core_method_refuses_malformed_protobuf_as_invalid_argument() {
     let p = Platform::start();
-    let pool = prost_reflect::DescriptorPool::decode(micro::proto::FILE_DESCRIPTOR_SET).expect("the core schema");
+    let pool = prost_reflect::DescriptorPool::decode(micro_core::proto::FILE_DESCRIPTOR_SET).expect("the core schema");
     // The services the proxy serves in process (debug.Debug is served by each service process instead).
     let paths: Vec<String> = pool
         .services()

@@ -4,8 +4,8 @@
 use crate::support::{Platform, block_on, channel};
 use echo::pb::echo_server::{Echo, EchoServer};
 use echo::pb::{Collected, Everything};
-use micro::proto::auth::{TokenRequest, auth_client::AuthClient};
-use micro::proto::registry::{Endpoint, ListRequest, Node, Options, Service, registry_client::RegistryClient};
+use micro_core::proto::auth::{TokenRequest, auth_client::AuthClient};
+use micro_core::proto::registry::{Endpoint, ListRequest, Node, Options, Service, registry_client::RegistryClient};
 use std::sync::{Arc, Mutex};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -227,7 +227,7 @@ fn the_callers_token_reaches_only_services_trusted_to_act_for_them() {
         let mut s = record("spy", "spy-1", &address, "echo.Echo", "micro");
         s.endpoints[0] = Endpoint { name: "Echo.Echo".into(), method: "/echo.Echo/Echo".into(), ..Default::default() };
         let descriptor_set = echo::pb::FILE_DESCRIPTOR_SET.to_vec().into();
-        s.schema = Some(micro::proto::registry::Schema { hash: String::new(), descriptor_set });
+        s.schema = Some(micro_core::proto::registry::Schema { hash: String::new(), descriptor_set });
         register(&p, s, Some(&token)).await.expect("the service account registers its own service");
     });
     let call = || p.micro(["call", "spy", "Echo.Echo", r#"{"text":"hi"}"#]);

@@ -7,7 +7,7 @@
 //! `sleep <tag>` with a tag of its own, found in `/proc/*/cmdline`.
 
 use crate::support::{self, Platform};
-use micro::proto::runtime::{
+use micro_core::proto::runtime::{
     CreateOptions, CreateRequest, DeleteOptions, DeleteRequest, LogsOptions, LogsRequest, Service,
     runtime_client::RuntimeClient,
 };
