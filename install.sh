@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds micro from this checkout and installs it for the current user:
 #
-#   the binary          → ${PREFIX:-$HOME/.local}/bin/micro  (without its debug info, which goes beside it in
-#                         bin/.debug/micro.debug, where backtraces and gdb find it)
+#   the binary          → ${PREFIX:-$HOME/.local}/bin/micro  (stripped: its symbols and debug info go beside it
+#                         in bin/.debug/micro.debug, where backtraces, gdb and perf find them)
 #   bash completion     → ${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion/completions/micro
 #   zsh completion      → ${XDG_DATA_HOME:-$HOME/.local/share}/zsh/site-functions/_micro
 #   fish completion     → ${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/micro.fish
@@ -49,15 +49,15 @@ config_home="${XDG_CONFIG_HOME:-$HOME/.config}"
 
 cargo_version="$(cargo --version 2>&1)" ||
     die "cargo is installed but does not work: ${cargo_version%%$'\n'*}"
-say "building micro with $cargo_version (cargo build --release --locked -p micro-cli)"
-cargo build --release --locked -p micro-cli ||
+say "building micro with $cargo_version (cargo build --profile dist --locked -p micro-cli; several minutes)"
+cargo build --profile dist --locked -p micro-cli ||
     die "the build failed (see the errors above). If cargo says the lock file needs to be updated, your checkout is not clean: run 'git status'."
 
 # Where cargo put the binary: honour CARGO_TARGET_DIR and build.target-dir.
 target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 target_dir="${target_dir:-${CARGO_TARGET_DIR:-$root/target}}"
-built="$target_dir/release/micro"
+built="$target_dir/dist/micro"
 [[ -x "$built" ]] || die "the build succeeded but $built does not exist"
 
 # install_file SRC DEST MODE: copies SRC over DEST through a temporary file and a rename, so a running micro
@@ -73,13 +73,13 @@ install_file() {
     fi
 }
 
-# The debug info (line tables, for backtraces with file and line) goes into its own file; the installed binary
-# keeps its symbols and a link to that file (.gnu_debuglink), which Rust's backtraces and gdb follow.
+# The debug info and the symbols (for backtraces with names, files and lines) go into their own file; the installed
+# binary keeps a link to it (.gnu_debuglink), which Rust's backtraces, gdb and perf follow to bin/.debug/.
 split="$(mktemp -d)"
 trap 'rm -rf "$split"' EXIT
 if command -v objcopy >/dev/null 2>&1; then
     objcopy --only-keep-debug "$built" "$split/micro.debug" &&
-        objcopy --strip-debug --add-gnu-debuglink="$split/micro.debug" "$built" "$split/micro" ||
+        objcopy --strip-all --add-gnu-debuglink="$split/micro.debug" "$built" "$split/micro" ||
         die "objcopy could not split the debug info out of $built"
     install_file "$split/micro.debug" "$bin_dir/.debug/micro.debug" 0644
 else

@@ -449,6 +449,7 @@ fn build(printer: &Printer, dir: &Path, name: &str) -> Result<(), CliError> {
     if let Some(dir) = &build_dir {
         cmd.env("CARGO_BUILD_BUILD_DIR", dir);
     }
+    cmd.envs(micro_server::runtime::builder::cargo_env(&profile));
     let status = cmd
         .status()
         .map_err(|e| CliError::failure(format!("cannot run cargo (is a Rust toolchain installed?): {e}")))?;

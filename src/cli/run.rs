@@ -354,6 +354,22 @@ async fn upload(
     Ok(reply.into_inner().id)
 }
 
+/// Packs the tree `root` (off the async threads) and uploads it for `name@version`; returns the upload's id.
+async fn pack_and_upload(
+    settings: &Settings,
+    conn: &micro_client::Connection,
+    name: &str,
+    version: &str,
+    root: &Path,
+) -> Result<String, CliError> {
+    let tree = root.to_path_buf();
+    let archive = tokio::task::spawn_blocking(move || pack(&tree))
+        .await
+        .map_err(|e| CliError::failure(e.to_string()))?
+        .map_err(|e| CliError::failure(format!("cannot pack {}: {e}", root.display())))?;
+    upload(settings, conn, name, version, archive).await
+}
+
 /// The progress shown while a deployment runs: a spinner, then a bar once cargo's total is known. Hidden when
 /// stderr is not a terminal.
 struct Progress {
@@ -524,12 +540,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     let (source_id, entrypoint) = match &target {
         Target::Local { dir, root, entrypoint } => {
             metadata.insert("source".into(), dir.to_string_lossy().to_string());
-            let root2 = root.clone();
-            let archive = tokio::task::spawn_blocking(move || pack(&root2))
-                .await?
-                .map_err(|e| CliError::failure(format!("cannot pack {}: {e}", root.display())))
-                .inspect_err(|_| progress.clear())?;
-            let id = upload(settings, &conn, &name, &version, archive).await.inspect_err(|_| progress.clear())?;
+            let id = pack_and_upload(settings, &conn, &name, &version, root).await.inspect_err(|_| progress.clear())?;
             (id, entrypoint.clone())
         }
         Target::Git(_, text) => {
@@ -652,14 +663,8 @@ async fn update_from(
     let source_id = match target {
         Some(Target::Local { dir, root, .. }) => {
             metadata.insert("source".into(), dir.to_string_lossy().to_string());
-            let root2 = root.clone();
-            let archive = tokio::task::spawn_blocking(move || pack(&root2))
-                .await
-                .map_err(|e| CliError::failure(e.to_string()))?
-                .map_err(|e| CliError::failure(format!("cannot pack {}: {e}", root.display())))
-                .inspect_err(|_| progress.clear())?;
             let upload_version = if version.is_empty() { "latest" } else { version };
-            upload(settings, conn, name, upload_version, archive).await.inspect_err(|_| progress.clear())?
+            pack_and_upload(settings, conn, name, upload_version, root).await.inspect_err(|_| progress.clear())?
         }
         Some(Target::Git(_, text)) => {
             metadata.insert("source".into(), text.clone());
@@ -707,10 +712,11 @@ async fn watch(
         return Err(CliError::input("--watch needs a local directory to watch, not a git repository"));
     };
     let printer = Printer::new(settings.output, Output::Table);
-    printer.message(format!("Watching {} for changes (Ctrl-C stops watching; {name} keeps running)", dir.display()));
     let scan =
         |root: PathBuf| async move { tokio::task::spawn_blocking(move || snapshot(&root)).await.unwrap_or_default() };
+    // The first scan comes before the message, so that a change saved after the message is never missed.
     let mut seen = scan(root.clone()).await;
+    printer.message(format!("Watching {} for changes (Ctrl-C stops watching; {name} keeps running)", dir.display()));
     let stop = micro::shutdown_signal();
     tokio::pin!(stop);
     loop {

@@ -338,3 +338,34 @@ fn new_then_micro_run() {
     p.wait_until("greeter is registered", |p| p.service_names().iter().any(|s| s == "greeter"));
     assert_answers(&p, "greeter");
 }
+
+/// `micro new NAME --build` builds the new package as the runtime will (its profile, the shared build dir), so that
+/// the first `micro run` finds its dependencies compiled: the binary is there, and the command says how long it took.
+#[test]
+fn new_with_build_compiles_the_service() {
+    let (target_dir, profile) = target();
+    let dirs = Dirs::new();
+    let dir = dirs.path().join("built");
+    // A build may take longer than the harness's deadline for one CLI run.
+    let mut cmd = Command::new(micro_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("MICRO_") || k == "RUST_LOG") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["new", &dir.to_string_lossy(), "--build"])
+        .env("HOME", dirs.path().join("home"))
+        .env("MICRO_CONFIG_DIR", dirs.path().join("config"))
+        .env("MICRO_CACHE_DIR", dirs.path().join("cache"))
+        .env("MICRO_LIBRARY_DIR", library_dir())
+        .env("MICRO_RUNTIME_CARGO_PROFILE", cargo_profile(&profile))
+        .env("MICRO_BUILD_DIR", &target_dir);
+    let (code, stdout, stderr) = run_bounded(cmd, &dirs.path().join("build.log"), BUILD_DEADLINE);
+    let shown = format!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}");
+    assert_eq!(code, 0, "{shown}");
+    assert!(stdout.starts_with("Creating service built"), "{shown}");
+    assert!(stderr.contains("Building built with cargo (profile"), "{shown}");
+    assert!(stderr.contains("Built built in "), "{shown}");
+    let bin = dir.join("target").join(&profile).join(format!("built{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{} is missing:\n{shown}", bin.display());
+}

@@ -24,6 +24,19 @@ pub struct BuildSettings {
     pub build_dir: Option<PathBuf>,
 }
 
+/// The environment of every service build for `profile`: incremental compilation on, whatever the profile says,
+/// so that an edit recompiles only what changed in the service's own crates (cargo applies it to workspace and
+/// path packages only; dependencies are built as the profile says, once). `micro new --build` uses it too, so that
+/// what it compiles is what the runtime's builds reuse.
+pub fn cargo_env(profile: &str) -> Vec<(String, String)> {
+    let name = match profile {
+        "dev" | "test" => "DEV".to_string(),
+        "bench" => "RELEASE".to_string(),
+        other => other.to_ascii_uppercase().replace('-', "_"),
+    };
+    vec![(format!("CARGO_PROFILE_{name}_INCREMENTAL"), "true".to_string())]
+}
+
 /// The build dir shared by the runtime's builds of every server of the user: `build` in the platform's cache dir
 /// for micro (`~/.cache/micro/build` on Linux), if there is a home directory.
 pub fn default_build_dir() -> Option<PathBuf> {
@@ -54,6 +67,7 @@ pub async fn build(
     if let Some(dir) = &settings.build_dir {
         cmd.env("CARGO_BUILD_BUILD_DIR", dir);
     }
+    cmd.envs(cargo_env(&settings.profile));
     let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo (is a Rust toolchain installed?): {e}"))?;
     let stdout = child.stdout.take().ok_or("cargo has no stdout")?;
     let stderr = child.stderr.take().ok_or("cargo has no stderr")?;
@@ -135,6 +149,14 @@ pub fn keep_binary(built: &Path, dest: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_are_incremental_in_every_profile() {
+        let env = |p: &str| cargo_env(p).into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+        assert_eq!(env("release"), ["CARGO_PROFILE_RELEASE_INCREMENTAL=true"]);
+        assert_eq!(env("dev"), ["CARGO_PROFILE_DEV_INCREMENTAL=true"]);
+        assert_eq!(env("fast-dev"), ["CARGO_PROFILE_FAST_DEV_INCREMENTAL=true"]);
+    }
 
     #[test]
     fn crates_of_status_lines_and_package_ids() {
