@@ -1194,7 +1194,7 @@ mod tests {
         tokio::task::spawn_blocking(move || {
             let open = || {
                 let dir = tempfile::tempdir().unwrap();
-                let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/shared-keys/auth.key");
+                let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/it/fixtures/shared-keys/auth.key");
                 std::fs::copy(key, dir.path().join(KEY_FILE)).unwrap();
                 let mut config = AuthConfig::new(dir.path().to_path_buf());
                 config.state = state::Location::Postgres(url.clone());
