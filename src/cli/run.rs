@@ -752,7 +752,10 @@ async fn watch(
                 "{name} is running the new build ({:.1}s); watching for changes",
                 started.elapsed().as_secs_f64()
             )),
-            Err(e) => printer.message(format!("{}\nWatching for changes: fix the error and save again", e.message)),
+            Err(e) => printer.message(format!(
+                "{}\n{name} keeps running its previous build. Watching for changes: fix the error and save again",
+                e.message
+            )),
         }
     }
 }

@@ -621,6 +621,7 @@ fn watch_rebuilds_on_change_and_a_failed_build_keeps_the_old_process_serving() {
         || watcher.said(),
     );
     assert!(watcher.said().contains("error[E0308]"), "{}", watcher.said());
+    assert!(watcher.said().contains("watched keeps running its previous build"), "{}", watcher.said());
     assert_eq!(answer(&p), "Howdy Ann");
     let list = status(&p);
     let svc = service(&list, "watched").expect("watched in status");
