@@ -61,7 +61,7 @@ async fn listen() -> anyhow::Result<(TcpListener, String)> {
 fn serve_proxy(proxy: Proxy, listener: TcpListener) {
     let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(micro_server::serve_grpc(routes, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(routes, incoming, None, std::future::pending(), async {}));
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
@@ -434,7 +434,7 @@ async fn main() -> anyhow::Result<()> {
     let (svc_listener, svc_addr) = listen().await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(svc_listener);
     let hello = tonic::service::Routes::new(HelloworldServer::new(helloworld::Handler));
-    tokio::spawn(micro_server::serve_grpc(hello, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(hello, incoming, None, std::future::pending(), async {}));
     let registry = Arc::new(MemoryRegistry::new());
     let schema = micro_core::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET)?;
     registry.register(

@@ -69,7 +69,7 @@ async fn run() -> anyhow::Result<()> {
     let service = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let hello = tonic::service::Routes::new(HelloworldServer::new(helloworld::Handler));
-    tokio::spawn(micro_server::serve_grpc(hello, incoming, std::future::pending(), async {}));
+    tokio::spawn(micro_server::serve_grpc(hello, incoming, None, std::future::pending(), async {}));
 
     let plain = start(&data.path().join("plain"), None, service).await.context("the plaintext server")?;
     let tls_settings = TlsSettings { source: CertSource::SelfSigned, client_ca: None };

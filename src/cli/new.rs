@@ -421,19 +421,16 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
 /// Builds the package in `dir` the way the runtime will (its profile, micro's shared build dir), with cargo's own
 /// progress on stderr.
 fn build(printer: &Printer, dir: &Path, name: &str) -> Result<(), CliError> {
-    use micro_core::env::{MICRO_BUILD_DIR, MICRO_RUNTIME_CARGO_PROFILE};
-    let profile = micro_core::env::var(MICRO_RUNTIME_CARGO_PROFILE)
-        .unwrap_or_else(|| micro_server::runtime::DEFAULT_PROFILE.to_string());
-    let build_dir = micro_core::env::var(MICRO_BUILD_DIR)
-        .map(PathBuf::from)
-        .or_else(micro_server::runtime::builder::default_build_dir);
+    let settings =
+        micro_server::runtime::builder::BuildSettings::from_env(dir.join("target")).map_err(CliError::input)?;
     printer.message(format!(
-        "Building {name} with cargo (profile {profile}{})",
-        build_dir.as_ref().map(|d| format!(", build dir {}", d.display())).unwrap_or_default()
+        "Building {name} with cargo (profile {}{})",
+        settings.profile,
+        settings.build_dir.as_ref().map(|d| format!(", build dir {}", d.display())).unwrap_or_default()
     ));
     let started = std::time::Instant::now();
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.args(["build", "--profile", &profile, "--bin", name]).current_dir(dir).stdin(std::process::Stdio::null());
+    let mut cmd = settings.cargo_build();
+    cmd.args(["--bin", name]).current_dir(dir).stdin(std::process::Stdio::null());
     // Build output is not the command's output: keep stdout for data.
     cmd.stdout(std::process::Stdio::from(
         std::io::stderr()
@@ -441,15 +438,6 @@ fn build(printer: &Printer, dir: &Path, name: &str) -> Result<(), CliError> {
             .try_clone_to_owned()
             .map_err(|e| CliError::failure(format!("cannot pass stderr to cargo: {e}")))?,
     ));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MICRO_") {
-            cmd.env_remove(key);
-        }
-    }
-    if let Some(dir) = &build_dir {
-        cmd.env("CARGO_BUILD_BUILD_DIR", dir);
-    }
-    cmd.envs(micro_server::runtime::builder::cargo_env(&profile));
     let status = cmd
         .status()
         .map_err(|e| CliError::failure(format!("cannot run cargo (is a Rust toolchain installed?): {e}")))?;

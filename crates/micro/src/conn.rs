@@ -2,8 +2,8 @@
 //! connections are open at once and closes connections that hold a slot without using it.
 //!
 //! An attack run held 1,200 half-open connections (partial HTTP/1 request lines, bare HTTP/2 prefaces) for 35 s and
-//! none were closed. [`Listener`] wraps a `TcpListener` for the gRPC proxy ([`micro_server::serve_grpc`]) and the
-//! HTTP API gateway ([`micro_server::gateway::serve`]):
+//! none were closed. [`Listener`] wraps a `TcpListener` for every gRPC server ([`crate::serve::serve_grpc`]: the
+//! proxy of `micro server`, and services) and for the server's HTTP API gateway:
 //!
 //! - **a connection limit.** At most [`Limits::max_connections`] connections are served at once (a semaphore,
 //!   [`MAX_CONNECTIONS`] by default). A connection beyond the limit is accepted and closed at once, so that its

@@ -268,7 +268,7 @@ impl Service {
             "service listening"
         );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let served = crate::serve::serve_grpc_tls(
+        let served = crate::serve::serve_grpc(
             router,
             incoming,
             tls,

@@ -10,30 +10,10 @@ use std::time::Duration;
 /// How long open connections may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `routes` on `incoming` until `shutdown`; then runs `on_shutdown`, lets connections drain for at most
-/// [`DRAIN_TIMEOUT`], and returns. Connections are limited and time out as [`conn`] describes.
+/// Serves `routes` on `incoming` until `shutdown`, over TLS with `tls` when given (ALPN `h2`; the handshake runs in
+/// each connection, bounded by the handshake timeout of [`conn`]); then runs `on_shutdown`, lets connections drain
+/// for at most [`DRAIN_TIMEOUT`], and returns. Connections are limited and time out as [`conn`] describes.
 pub async fn serve_grpc<S>(
-    routes: S,
-    incoming: tokio_stream::wrappers::TcpListenerStream,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    serve_grpc_tls(routes, incoming, None, shutdown, on_shutdown).await
-}
-
-/// [`serve_grpc`], over TLS with `tls` when given (see [`tls`]: ALPN `h2`; the handshake runs in each connection,
-/// bounded by the handshake timeout of [`conn`]).
-pub async fn serve_grpc_tls<S>(
     routes: S,
     incoming: tokio_stream::wrappers::TcpListenerStream,
     tls: Option<Arc<rustls::ServerConfig>>,

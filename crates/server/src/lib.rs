@@ -415,7 +415,7 @@ pub async fn serve_all(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let closing = cancel.clone();
     let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
-    let served = serve_grpc_tls(app, incoming, grpc_tls, stop.clone().cancelled_owned(), async move {
+    let served = serve_grpc(app, incoming, grpc_tls, stop.clone().cancelled_owned(), async move {
         // Long-lived streams (watches) hold connections open: end them so connections can drain.
         closing.cancel();
     })
@@ -436,7 +436,7 @@ pub async fn serve_all(
     Ok(())
 }
 
-pub use micro::serve::{DRAIN_TIMEOUT, conn, serve_grpc, serve_grpc_tls};
+pub use micro::serve::{DRAIN_TIMEOUT, conn, serve_grpc};
 pub use micro_core::fs::create_private_dir;
 
 #[cfg(test)]

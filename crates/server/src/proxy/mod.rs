@@ -510,7 +510,7 @@ mod tests {
         tokio::spawn(proxy.clone().evict_removed_nodes(std::future::pending()));
         let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(proxy));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(crate::serve_grpc(routes, incoming, std::future::pending(), async {}));
+        tokio::spawn(crate::serve_grpc(routes, incoming, None, std::future::pending(), async {}));
         url
     }
 

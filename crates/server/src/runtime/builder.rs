@@ -24,17 +24,43 @@ pub struct BuildSettings {
     pub build_dir: Option<PathBuf>,
 }
 
-/// The environment of every service build for `profile`: incremental compilation on, whatever the profile says,
-/// so that an edit recompiles only what changed in the service's own crates (cargo applies it to workspace and
-/// path packages only; dependencies are built as the profile says, once). `micro new --build` uses it too, so that
-/// what it compiles is what the runtime's builds reuse.
-pub fn cargo_env(profile: &str) -> Vec<(String, String)> {
-    let name = match profile {
-        "dev" | "test" => "DEV".to_string(),
-        "bench" => "RELEASE".to_string(),
-        other => other.to_ascii_uppercase().replace('-', "_"),
-    };
-    vec![(format!("CARGO_PROFILE_{name}_INCREMENTAL"), "true".to_string())]
+impl BuildSettings {
+    /// The settings the environment gives, with `target_dir`: the profile `MICRO_RUNTIME_CARGO_PROFILE` (default
+    /// [`super::DEFAULT_PROFILE`], checked to be a profile name) and the build dir `MICRO_BUILD_DIR` (default
+    /// [`default_build_dir`]). The runtime and `micro new --build` both read them here, so they build alike.
+    pub fn from_env(target_dir: PathBuf) -> Result<Self, String> {
+        use micro_core::env::{MICRO_BUILD_DIR, MICRO_RUNTIME_CARGO_PROFILE, var};
+        let profile = var(MICRO_RUNTIME_CARGO_PROFILE).unwrap_or_else(|| super::DEFAULT_PROFILE.into());
+        if profile.is_empty() || !profile.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("{MICRO_RUNTIME_CARGO_PROFILE}={profile:?} is not a cargo profile name"));
+        }
+        let build_dir = match var(MICRO_BUILD_DIR) {
+            Some(dir) => Some(std::path::absolute(&dir).map_err(|e| format!("{MICRO_BUILD_DIR}={dir}: {e}"))?),
+            None => default_build_dir(),
+        };
+        Ok(Self { profile, target_dir, build_dir })
+    }
+
+    /// `cargo build` with these settings: the profile, the target dir and the shared build dir, incremental
+    /// compilation on for the service's own crates whatever the profile says (cargo applies it to workspace and
+    /// path packages only; dependencies are built as the profile says, once), and without the caller's `MICRO_*`
+    /// variables. Every build of a service starts here, so what `micro new --build` compiles is what the runtime's
+    /// builds reuse.
+    pub fn cargo_build(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.args(["build", "--profile", &self.profile, "--target-dir"]).arg(&self.target_dir);
+        super::process::strip_micro_env(&mut cmd);
+        if let Some(dir) = &self.build_dir {
+            cmd.env("CARGO_BUILD_BUILD_DIR", dir);
+        }
+        let profile = match self.profile.as_str() {
+            "dev" | "test" => "DEV".to_string(),
+            "bench" => "RELEASE".to_string(),
+            other => other.to_ascii_uppercase().replace('-', "_"),
+        };
+        cmd.env(format!("CARGO_PROFILE_{profile}_INCREMENTAL"), "true");
+        cmd
+    }
 }
 
 /// The build dir shared by the runtime's builds of every server of the user: `build` in the platform's cache dir
@@ -53,21 +79,14 @@ pub async fn build(
     deploy: &Deploy,
 ) -> Result<PathBuf, String> {
     deploy.set_total(last.filter(|n| *n > 0).unwrap_or(package.units));
-    let mut cmd = tokio::process::Command::new("cargo");
-    cmd.args(["build", "--message-format", "json-render-diagnostics", "--color", "never", "--profile"])
-        .arg(&settings.profile)
-        .args(["-p", &package.name, "--bin", &package.bin, "--target-dir"])
-        .arg(&settings.target_dir)
+    let mut cmd = tokio::process::Command::from(settings.cargo_build());
+    cmd.args(["--message-format", "json-render-diagnostics", "--color", "never"])
+        .args(["-p", &package.name, "--bin", &package.bin])
         .current_dir(&package.workspace_root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    super::process::strip_micro_env(&mut cmd);
-    if let Some(dir) = &settings.build_dir {
-        cmd.env("CARGO_BUILD_BUILD_DIR", dir);
-    }
-    cmd.envs(cargo_env(&settings.profile));
     let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo (is a Rust toolchain installed?): {e}"))?;
     let stdout = child.stdout.take().ok_or("cargo has no stdout")?;
     let stderr = child.stderr.take().ok_or("cargo has no stderr")?;
@@ -152,10 +171,19 @@ mod tests {
 
     #[test]
     fn builds_are_incremental_in_every_profile() {
-        let env = |p: &str| cargo_env(p).into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
-        assert_eq!(env("release"), ["CARGO_PROFILE_RELEASE_INCREMENTAL=true"]);
-        assert_eq!(env("dev"), ["CARGO_PROFILE_DEV_INCREMENTAL=true"]);
-        assert_eq!(env("fast-dev"), ["CARGO_PROFILE_FAST_DEV_INCREMENTAL=true"]);
+        let env = |p: &str| {
+            let settings = BuildSettings { profile: p.into(), target_dir: "/t".into(), build_dir: Some("/b".into()) };
+            let cmd = settings.cargo_build();
+            let mut vars: Vec<String> =
+                cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?))).collect();
+            vars.sort();
+            let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+            assert_eq!(args, ["build", "--profile", p, "--target-dir", "/t"]);
+            vars
+        };
+        assert_eq!(env("release"), ["CARGO_BUILD_BUILD_DIR=/b", "CARGO_PROFILE_RELEASE_INCREMENTAL=true"]);
+        assert_eq!(env("dev"), ["CARGO_BUILD_BUILD_DIR=/b", "CARGO_PROFILE_DEV_INCREMENTAL=true"]);
+        assert_eq!(env("fast-dev"), ["CARGO_BUILD_BUILD_DIR=/b", "CARGO_PROFILE_FAST_DEV_INCREMENTAL=true"]);
     }
 
     #[test]

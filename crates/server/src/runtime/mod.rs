@@ -33,9 +33,7 @@ pub mod service;
 pub mod source;
 
 use super::{CoreContext, ServerError};
-use micro_core::env::{
-    MICRO_RUNTIME_CARGO_PROFILE, MICRO_RUNTIME_CGROUPS, MICRO_RUNTIME_KILL_GRACE, MICRO_RUNTIME_TARGET_DIR,
-};
+use micro_core::env::{MICRO_RUNTIME_CGROUPS, MICRO_RUNTIME_KILL_GRACE, MICRO_RUNTIME_TARGET_DIR};
 use micro_core::proto::runtime::{runtime_server::RuntimeServer, source_server::SourceServer};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,34 +51,18 @@ fn start_error(message: impl Into<String>) -> ServerError {
 pub fn settings(data_dir: &std::path::Path) -> Result<manager::Settings, ServerError> {
     let root = data_dir.join("runtime");
     let root = std::path::absolute(&root).map_err(|e| start_error(format!("{}: {e}", root.display())))?;
-    let profile = micro_core::env::var(MICRO_RUNTIME_CARGO_PROFILE).unwrap_or_else(|| DEFAULT_PROFILE.into());
-    if !profile.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(start_error(format!("{MICRO_RUNTIME_CARGO_PROFILE}={profile:?} is not a cargo profile name")));
-    }
     let target_dir =
         micro_core::env::var(MICRO_RUNTIME_TARGET_DIR).map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let target_dir = std::path::absolute(&target_dir)
         .map_err(|e| start_error(format!("{MICRO_RUNTIME_TARGET_DIR}={}: {e}", target_dir.display())))?;
-    let build_dir = match micro_core::env::var(micro_core::env::MICRO_BUILD_DIR) {
-        Some(dir) => Some(
-            std::path::absolute(&dir)
-                .map_err(|e| start_error(format!("{}={dir}: {e}", micro_core::env::MICRO_BUILD_DIR)))?,
-        ),
-        None => builder::default_build_dir(),
-    };
+    let build = builder::BuildSettings::from_env(target_dir).map_err(start_error)?;
     let grace = micro_core::env::duration(MICRO_RUNTIME_KILL_GRACE, DEFAULT_GRACE).map_err(start_error)?;
     let cgroups = match micro_core::env::var(MICRO_RUNTIME_CGROUPS).as_deref() {
         None | Some("auto") => true,
         Some("off") => false,
         Some(other) => return Err(start_error(format!("{MICRO_RUNTIME_CGROUPS}={other:?}: use auto or off"))),
     };
-    Ok(manager::Settings {
-        records: data_dir.join("runtime.redb"),
-        root,
-        build: builder::BuildSettings { profile, target_dir, build_dir },
-        grace,
-        cgroups,
-    })
+    Ok(manager::Settings { records: data_dir.join("runtime.redb"), root, build, grace, cgroups })
 }
 
 /// Starts the runtime service and adds its gRPC services to `routes`. The recorded services start in the

@@ -23,7 +23,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,7 +148,7 @@ pub fn start(
 }
 
 /// Removes the server's own `MICRO_*` variables from a child's environment.
-pub fn strip_micro_env(cmd: &mut Command) {
+pub fn strip_micro_env(cmd: &mut std::process::Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MICRO_") {
             cmd.env_remove(key);
@@ -205,7 +205,7 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    strip_micro_env(&mut cmd);
+    strip_micro_env(cmd.as_std_mut());
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
