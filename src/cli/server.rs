@@ -14,6 +14,9 @@ pub struct Args {
     /// Address of the HTTP API gateway.
     #[arg(long, env = env::MICRO_API_ADDRESS, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub api_address: String,
+    /// Address of the web dashboard (log in, browse and call services, follow logs).
+    #[arg(long, env = env::MICRO_WEB_ADDRESS, default_value = "127.0.0.1:8082", value_name = "HOST:PORT")]
+    pub web_address: String,
     /// Where the server keeps its data [default: the platform's data dir for micro].
     #[arg(long, env = env::MICRO_DATA_DIR, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,6 +127,12 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
             args.api_address
         ))
     })?;
+    let web_listener = tokio::net::TcpListener::bind(&args.web_address).await.map_err(|e| {
+        CliError::failure(format!(
+            "cannot listen on {} for the web dashboard ({e}); choose another address with --web-address",
+            args.web_address
+        ))
+    })?;
     let config = micro_server::ServerConfig {
         data_dir,
         prune_interval: args.prune_interval,
@@ -135,12 +144,11 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         tls,
         tls_upstream_ca: args.tls_upstream_ca,
     };
-    micro_server::serve_all(listener, Some(api_listener), config, micro::shutdown_signal()).await.map_err(
-        |e| match e {
-            // A TLS file that cannot be used is a bad value of its flag (the message names the file).
-            micro_server::ServerError::Tls(e) => anyhow::Error::new(CliError::input(e.to_string())),
-            e => anyhow::Error::new(e).context("micro server failed"),
-        },
-    )?;
+    let listeners = micro_server::Listeners { proxy: listener, api: Some(api_listener), web: Some(web_listener) };
+    micro_server::serve_with(listeners, config, micro::shutdown_signal()).await.map_err(|e| match e {
+        // A TLS file that cannot be used is a bad value of its flag (the message names the file).
+        micro_server::ServerError::Tls(e) => anyhow::Error::new(CliError::input(e.to_string())),
+        e => anyhow::Error::new(e).context("micro server failed"),
+    })?;
     Ok(())
 }

@@ -33,3 +33,4 @@ mod store;
 mod streaming;
 mod tls;
 mod walls;
+mod web;

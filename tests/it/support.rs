@@ -565,6 +565,20 @@ impl Platform {
         format!("{scheme}://{}", self.api())
     }
 
+    /// The base URL of the web dashboard, `http://127.0.0.1:PORT` (`https://` when the server serves TLS), from the
+    /// server's log line `web dashboard listening web=127.0.0.1:PORT`.
+    pub fn web_url(&self) -> String {
+        let log = self.server.log();
+        let addr = log
+            .lines()
+            .filter(|line| line.contains("web dashboard listening"))
+            .find_map(|line| line.split_whitespace().find_map(|kv| kv.strip_prefix("web=")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("the server did not log its web dashboard address:\n{log}"));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
     /// The `micro` CLI of another user of this platform: HOME, config (with its token store) and cache in `dirs`
     /// (from [`Dirs::new`]), so it is logged in (or not) independently of the admin that [`Platform::cli`] uses.
     pub fn cli_in<I, S>(&self, dirs: &Dirs, args: I) -> Cli
@@ -642,9 +656,17 @@ pub fn give_shared_keys(data: &Path) {
 /// Starts `micro server` on `proxy_address` with its data in `dirs`, and waits until it logs its address.
 fn spawn_server(dirs: &Dirs, proxy_address: &str, env: &[(String, String)]) -> (Proc, String) {
     let mut cmd = Command::new(micro_bin());
-    cmd.args(["server", "--proxy-address", proxy_address, "--api-address", "127.0.0.1:0"])
-        .args(["--prune-interval", "100ms", "--data-dir"])
-        .arg(dirs.root.path().join("data"));
+    cmd.args([
+        "server",
+        "--proxy-address",
+        proxy_address,
+        "--api-address",
+        "127.0.0.1:0",
+        "--web-address",
+        "127.0.0.1:0",
+    ])
+    .args(["--prune-interval", "100ms", "--data-dir"])
+    .arg(dirs.root.path().join("data"));
     clean_env(&mut cmd);
     cmd.env("HOME", dirs.home()).env("MICRO_LOG_LEVEL", "info");
     for (k, v) in env {

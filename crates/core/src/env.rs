@@ -31,6 +31,8 @@ pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
 pub const MICRO_PROXY_ADDRESS: &str = "MICRO_PROXY_ADDRESS";
 /// `micro server`: the HTTP API gateway's listen address (default `127.0.0.1:8080`).
 pub const MICRO_API_ADDRESS: &str = "MICRO_API_ADDRESS";
+/// `micro server`: the web dashboard's listen address (default `127.0.0.1:8082`, Micro's web port).
+pub const MICRO_WEB_ADDRESS: &str = "MICRO_WEB_ADDRESS";
 /// `micro server`: web origins whose pages may call the API gateway with credentials (CORS with credentials, and
 /// the `micro-token` cookie), comma-separated; `*` lets any origin read answers without credentials (default: none).
 pub const MICRO_API_CORS_ORIGINS: &str = "MICRO_API_CORS_ORIGINS";

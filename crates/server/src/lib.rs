@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use micro_core::proto::registry::{Node, Options, Schema as SchemaMsg, Service, registry_server::RegistryServer};
 use micro_core::schema::{self, Schema};
@@ -226,6 +227,28 @@ pub async fn serve_all(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with(Listeners { proxy: listener, api: api_listener, web: None }, config, shutdown).await
+}
+
+/// The listeners of a server: the gRPC proxy's, and optionally the HTTP API gateway's and the web dashboard's.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC proxy (`--proxy-address`).
+    pub proxy: TcpListener,
+    /// The HTTP API gateway (`--api-address`).
+    pub api: Option<TcpListener>,
+    /// The web dashboard (`--web-address`).
+    pub web: Option<TcpListener>,
+}
+
+/// Runs the server on `listeners` until `shutdown` resolves. The API gateway and the dashboard serve TLS with the
+/// same settings as the proxy.
+pub async fn serve_with(
+    listeners: Listeners,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let Listeners { proxy: listener, api: api_listener, web: web_listener } = listeners;
     create_private_dir(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
     let address = listener.local_addr()?;
@@ -233,8 +256,8 @@ pub async fn serve_all(
         None => None,
         Some(settings) => {
             let mut listen = vec![address.ip()];
-            if let Some(api) = &api_listener {
-                listen.push(api.local_addr()?.ip());
+            for extra in api_listener.iter().chain(web_listener.iter()) {
+                listen.push(extra.local_addr()?.ip());
             }
             let (settings, data_dir) = (settings.clone(), config.data_dir.clone());
             let tls = tokio::task::spawn_blocking(move || tls::ServerTls::load(&settings, &data_dir, &listen))
@@ -393,18 +416,30 @@ pub async fn serve_all(
             }
         });
     }
-    let mut gateway_task = None;
+    let mut http_tasks = Vec::new();
+    let gw = gateway::Gateway::new(
+        proxy.clone(),
+        registry.clone(),
+        gateway::GatewayConfig { cors_origins: config.cors_origins.clone() },
+    );
+    let http_tls = tls.as_ref().map(|t| t.http.clone());
+    let api_address = api_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     if let Some(api) = api_listener {
-        let api_address = api.local_addr()?;
-        let gw = gateway::Gateway::new(
-            proxy.clone(),
-            registry.clone(),
-            gateway::GatewayConfig { cors_origins: config.cors_origins.clone() },
-        );
-        let http_tls = tls.as_ref().map(|t| t.http.clone());
-        tracing::info!(api = %api_address, tls = http_tls.is_some(), "HTTP API gateway listening");
-        gateway_task = Some(tokio::spawn(gateway::serve_tls(api, gw, http_tls, stop.clone().cancelled_owned())));
+        tracing::info!(api = %api.local_addr()?, tls = http_tls.is_some(), "HTTP API gateway listening");
+        let task = gateway::serve_tls(api, gw.clone(), http_tls.clone(), stop.clone().cancelled_owned());
+        http_tasks.push(("the API gateway", tokio::spawn(task)));
     }
+    if let Some(web_listener) = web_listener {
+        let web_address = web_listener.local_addr()?;
+        let dashboard =
+            web::Web::new(gw.clone(), web::WebConfig { proxy_address: address, api_address, tls: http_tls.is_some() });
+        tracing::info!(web = %web_address, tls = http_tls.is_some(), "web dashboard listening");
+        let task = web::serve(web_listener, dashboard, http_tls.clone(), stop.clone().cancelled_owned());
+        http_tasks.push(("the web dashboard", tokio::spawn(task)));
+    }
+    // The gateway holds the proxy, and so the building blocks: only the tasks may keep it, or the store would wait
+    // for it to be dropped when the server stops.
+    drop(gw);
     tracing::info!(
         proxy = %address,
         tls = tls.is_some(),
@@ -422,11 +457,11 @@ pub async fn serve_all(
     .await;
     cancel.cancel();
     stop.cancel();
-    if let Some(task) = gateway_task {
+    for (what, task) in http_tasks {
         match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API gateway failed"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "{what} failed"),
             Ok(_) => {}
-            Err(_) => tracing::warn!("the API gateway did not stop within {DRAIN_TIMEOUT:?}"),
+            Err(_) => tracing::warn!("{what} did not stop within {DRAIN_TIMEOUT:?}"),
         }
     }
     tasks.close();

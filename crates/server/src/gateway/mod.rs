@@ -154,6 +154,57 @@ impl Gateway {
         GatewayService { inner: self.inner.clone(), fixed, conn: None, peer: None }
     }
 
+    /// Calls `endpoint` (`Handler.Method`) of `service` with a JSON `body` (NDJSON or a JSON array for client
+    /// streams), as the caller whose credentials are in `headers` (`Authorization`). The web dashboard's calls: the
+    /// same conversion, auth and answers as a request to the gateway, with the service named rather than resolved
+    /// from a path. Server streams are written as SSE when `sse`, else as NDJSON.
+    pub(crate) async fn call_endpoint(
+        &self,
+        headers: &HeaderMap,
+        service: &str,
+        endpoint: &str,
+        body: &[u8],
+        sse: bool,
+        peer: Option<crate::auth::Peer>,
+    ) -> Response {
+        let inner = &self.inner;
+        let answer = async {
+            let namespace = namespace_with(headers, Some(&inner.issuers))?;
+            let target = resolve::resolve_named(&inner.registry, &namespace, service, endpoint)
+                .map_err(|e| if e.code == 404 { inner.hide_missing(headers, &namespace, e) } else { e })?;
+            let metadata = metadata(headers, &namespace, &target.service)?;
+            let input = request::Input { query: "", body, form: false };
+            let format = if sse { stream::Format::Sse } else { stream::Format::Ndjson };
+            inner.call(&target, metadata, input, format, peer).await
+        };
+        match answer.await {
+            Ok(rsp) => rsp,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// The gRPC metadata of a call to `service` by the caller whose credentials are in `headers`: the
+    /// `Authorization`, the namespace (the token's issuer) and the service, as the gateway sends them.
+    pub(crate) fn caller_metadata(
+        &self,
+        headers: &HeaderMap,
+        service: &str,
+    ) -> Result<tonic::metadata::MetadataMap, ApiError> {
+        let namespace = namespace_with(headers, Some(&self.inner.issuers))?;
+        Ok(tonic::metadata::MetadataMap::from_headers(metadata(headers, &namespace, service)?))
+    }
+
+    /// The proxy as a transport for generated gRPC clients (`RegistryClient::new(gateway.transport())`), so that
+    /// calls made with it are authorised as the caller whose metadata they carry.
+    pub(crate) fn transport(&self) -> ProxyTransport {
+        ProxyTransport(self.inner.proxy.clone())
+    }
+
+    /// The registry the gateway reads schemas from.
+    pub(crate) fn registry(&self) -> &Arc<MemoryRegistry> {
+        &self.inner.registry
+    }
+
     /// Ends every open response stream (watches, SSE), as when the server shuts down.
     pub fn close_streams(&self) {
         self.inner.closing.cancel();
@@ -216,31 +267,42 @@ impl Service<Request> for GatewayService {
 }
 
 /// `rsp`, whose body keeps its request in flight on its connection until it has been sent.
-fn tracked(rsp: Response, in_flight: Option<conn::InFlight>) -> Response {
+pub(crate) fn tracked(rsp: Response, in_flight: Option<conn::InFlight>) -> Response {
     match in_flight {
         Some(in_flight) => rsp.map(|body| Body::new(conn::Tracked::new(body, in_flight))),
         None => rsp,
     }
 }
 
-/// Makes the [`GatewayService`] of each connection that `axum::serve` accepts from a [`conn::Listener`].
-#[derive(Clone)]
-struct PerConnection(GatewayService);
+/// An HTTP service that is told the connection it serves on: its activity (requests in flight keep it from being
+/// closed as idle) and the client's address (auth counts failed logins per source).
+pub(crate) trait ForConnection: Clone + Send + 'static {
+    /// This service, for the connection whose activity and peer are given.
+    fn for_connection(&self, conn: Arc<conn::Activity>, peer: crate::auth::Peer) -> Self;
+}
 
-impl<'a> Service<axum::serve::IncomingStream<'a, conn::Listener>> for PerConnection {
-    type Response = GatewayService;
+impl ForConnection for GatewayService {
+    fn for_connection(&self, conn: Arc<conn::Activity>, peer: crate::auth::Peer) -> Self {
+        Self { conn: Some(conn), peer: Some(peer), ..self.clone() }
+    }
+}
+
+/// Makes the service of each connection that `axum::serve` accepts from a [`conn::Listener`].
+#[derive(Clone)]
+pub(crate) struct PerConnection<S>(pub(crate) S);
+
+impl<'a, S: ForConnection> Service<axum::serve::IncomingStream<'a, conn::Listener>> for PerConnection<S> {
+    type Response = S;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<GatewayService, Infallible>>;
+    type Future = std::future::Ready<Result<S, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, incoming: axum::serve::IncomingStream<'a, conn::Listener>) -> Self::Future {
-        let mut service = self.0.clone();
-        service.conn = Some(incoming.io().activity());
-        service.peer = Some(crate::auth::Peer(*incoming.remote_addr()));
-        std::future::ready(Ok(service))
+        let peer = crate::auth::Peer(*incoming.remote_addr());
+        std::future::ready(Ok(self.0.for_connection(incoming.io().activity(), peer)))
     }
 }
 
@@ -419,7 +481,7 @@ fn metadata(headers: &HeaderMap, namespace: &str, service: &str) -> Result<Heade
 
 /// The proxy as a gRPC client transport: tonic's request body in, the proxy's response body out.
 #[derive(Clone)]
-struct ProxyTransport(Proxy);
+pub(crate) struct ProxyTransport(Proxy);
 
 impl Service<http::Request<tonic::body::Body>> for ProxyTransport {
     type Response = http::Response<Body>;

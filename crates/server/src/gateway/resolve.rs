@@ -202,6 +202,48 @@ pub fn resolve_uncached(registry: &MemoryRegistry, namespace: &str, path: &str) 
     }
 }
 
+/// Resolves `endpoint` (`Handler.Method`) of the service named `service` in `namespace`, by name rather than by a
+/// path (the web dashboard names both). Core services are found in `micro` as [`resolve_uncached`] finds them.
+pub fn resolve_named(
+    registry: &MemoryRegistry,
+    namespace: &str,
+    service: &str,
+    endpoint: &str,
+) -> Result<Target, ApiError> {
+    let Some((handler, method)) = endpoint.split_once('.') else {
+        return Err(ApiError::bad_request(GATEWAY_ID, format!("endpoint {endpoint:?} is not Handler.Method")));
+    };
+    let candidate = Candidate {
+        service: service.to_string(),
+        handler: handler.to_string(),
+        method: method.to_string(),
+        implied_handler: false,
+    };
+    let mut versions = registry.get(namespace, service);
+    if versions.is_empty() && crate::CORE_NAMES.contains(&service) {
+        versions = registry.get(micro_core::DEFAULT_NAMESPACE, service);
+    }
+    if versions.is_empty() {
+        return Err(ApiError::not_found(service, format!("service \"{service}\" not found")));
+    }
+    let Some((version, endpoint, grpc_path)) = match_endpoint(&versions, &candidate) else {
+        return Err(ApiError::not_found(service, format!("endpoint {endpoint} not found in service \"{service}\"")));
+    };
+    let hash = version.schema.as_ref().map(|s| s.hash.as_str()).unwrap_or_default();
+    let schema = registry.schema(hash).ok_or_else(|| {
+        ApiError::new(
+            service,
+            http::StatusCode::NOT_IMPLEMENTED,
+            format!("service \"{service}\" registered no schema: the dashboard needs one to translate JSON"),
+        )
+    })?;
+    let method = micro_core::schema::find_method(&schema.pool, grpc_path).ok_or_else(|| {
+        ApiError::internal(service, format!("endpoint {endpoint} of service \"{service}\" is not in its schema"))
+    })?;
+    let path = http::uri::PathAndQuery::try_from(micro_core::schema::method_path(&method)).ok();
+    Ok(Target { service: service.to_string(), endpoint: endpoint.to_string(), method, path })
+}
+
 /// The most entries the cache holds; it starts again from empty when full.
 const CACHE_LIMIT: usize = 4096;
 
