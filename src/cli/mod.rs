@@ -9,6 +9,7 @@ pub mod broker;
 pub mod call;
 pub mod completion;
 pub mod config;
+pub mod describe;
 pub mod dynamic;
 pub mod env;
 pub mod events;
@@ -70,6 +71,8 @@ pub enum Command {
     Call(call::Args),
     /// Call a streaming endpoint: one JSON document per response message.
     Stream(call::Args),
+    /// Show a service's schema in proto syntax: its gRPC services, an endpoint, or a message with its fields.
+    Describe(describe::Args),
     /// Get a resource from the registry.
     Get(get::Args),
     /// Check the health of each node of a service.
@@ -135,6 +138,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Services(args) => services::exec(&settings, args).await,
         Command::Call(args) => call::exec(&settings, args).await,
         Command::Stream(args) => call::exec(&settings, args).await,
+        Command::Describe(args) => describe::exec(&settings, args).await,
         Command::Get(args) => get::exec(&settings, args).await,
         Command::Health(args) => health::exec(&settings, args).await,
         Command::Stats(args) => stats::exec(&settings, args).await,
