@@ -26,6 +26,9 @@ pub struct Args {
     /// Deadline of the call, e.g. `500ms` or `5s` (unary calls default to 10s; streams to none).
     #[arg(long, alias = "request_timeout", value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    /// A direct call (`--address`), with no proxy and no registry.
+    #[command(flatten)]
+    pub direct: super::direct::DirectArgs,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -45,6 +48,9 @@ pub fn parse_metadata(pairs: &[String]) -> Result<Vec<(String, String)>, CliErro
 
 /// Runs `micro call` / `micro stream`.
 pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
+    if args.direct.address.is_some() {
+        return super::direct::exec(settings, args).await;
+    }
     let conn = settings.connect_authed().await?;
     let (service, schema) = dynamic::resolve(settings, &conn, &args.service, false).await?;
     let method = dynamic::find_endpoint(&service, schema.as_ref(), &args.endpoint)?;

@@ -10,6 +10,7 @@ pub mod call;
 pub mod completion;
 pub mod config;
 pub mod describe;
+pub mod direct;
 pub mod dynamic;
 pub mod env;
 pub mod events;

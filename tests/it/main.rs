@@ -10,6 +10,7 @@ mod auth;
 mod broker;
 mod config;
 mod describe;
+mod direct;
 mod dynamic;
 mod errors;
 #[cfg(feature = "etcd")]

@@ -1,11 +1,12 @@
 //! Everything that talks to a micro server: the connection to its proxy, the registry, dynamic calls, the
-//! on-disk schema cache and the CLI's token store; and a printer of schemas in proto syntax. The CLI and the
-//! service library both sit on this layer.
+//! on-disk schema cache and the CLI's token store; and, for any gRPC server, a reflection client and a printer of
+//! schemas in proto syntax. The CLI and the service library both sit on this layer.
 
 pub mod connection;
 pub mod describe;
 pub mod diagnose;
 pub mod dynamic;
+pub mod reflection;
 pub mod schema_cache;
 pub mod tls;
 pub mod tokens;
