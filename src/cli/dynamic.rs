@@ -642,7 +642,7 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
     let first_word = argv.get(1).map(String::as_str);
     let bare = match first_word {
         None => true,
-        Some(w) => (w.starts_with(['-', '@', '{'])) && w != "--help" && w != "-h" && w != "--version" && w != "-V",
+        Some(w) => w.starts_with(['-', '@', '{']) && w != "--help" && w != "-h" && w != "--version" && w != "-V",
     };
     if bare && cmd.find_subcommand("call").is_some() {
         argv.insert(1, "call".into());
