@@ -5,6 +5,15 @@
 //! request message: scalars, enums by name, repeated fields (repeat the flag or give a comma list), maps
 //! (`--labels k=v`), nested messages (`--options-surname`, or `--options_surname`), bytes (`@file` reads a file),
 //! Timestamp (RFC 3339) and Duration (`5s`). Help shows each flag's type and its proto comment.
+//!
+//! An endpoint command also takes the request as an optional REQUEST argument: JSON, `@FILE`, or `@-` for stdin
+//! ([`request`]); flags given as well override its fields. Without REQUEST or flags, a piped stdin is the request.
+//! Besides the request's fields it has the call options `--output/-o`, `--timeout`, `--header/-H` and `--print`
+//! ([`print`]). A request field keeps its flag name: a call option whose name a field takes becomes `--call-NAME`
+//! (`--call-timeout`), and the endpoint's help says so.
+
+pub mod print;
+pub mod request;
 
 use super::output::{Printer, message_to_json};
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
@@ -14,6 +23,7 @@ use clap::error::ErrorKind;
 use clap::{Arg, ArgAction, Command};
 use futures::StreamExt;
 use micro_client::dynamic::{CallOptions, call};
+use micro_client::json::{self, JsonError, Problem};
 use micro_client::{Connection, schema_cache::ResolveError};
 use micro_core::proto::registry::Service;
 use micro_core::schema::{self, Schema};
@@ -29,14 +39,26 @@ const MAX_FLAG_DEPTH: usize = 6;
 /// The default deadline of unary calls.
 const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The requests of a call.
+pub enum Requests {
+    /// These messages, in order: one for unary and server-streaming calls, any number for client streams.
+    Given(Vec<DynamicMessage>),
+    /// A client or bidi stream's requests: stdin's lines as they arrive, one JSON document each, with the fields of
+    /// `overlay` (given by flags) set on each.
+    StdinLines {
+        /// Fields set on every request (`None`: none).
+        overlay: Option<Map<String, Value>>,
+    },
+}
+
 /// One call to make.
 pub struct Invocation {
     /// The registered service name.
     pub service: String,
     /// The method.
     pub method: MethodDescriptor,
-    /// The request, if given; else client streams read stdin and other calls send an empty message.
-    pub first: Option<DynamicMessage>,
+    /// The requests.
+    pub requests: Requests,
     /// Metadata to send.
     pub metadata: Vec<(String, String)>,
     /// The deadline.
@@ -154,7 +176,15 @@ fn word_command(word: &str, original: &str) -> Command {
 
 /// The flags of the root command that reach every subcommand (global flags); under the root, fields with these
 /// names get no flag.
-const ROOT_GLOBALS: &[&str] = &["env", "namespace", "proxy", "output"];
+const ROOT_GLOBALS: &[&str] =
+    &["env", "namespace", "proxy", "output", "ca-cert", "client-cert", "client-key", "insecure-skip-verify"];
+
+/// The call options of an endpoint command, besides the request's fields. A request field keeps its flag name; an
+/// option whose name a field takes becomes `--call-NAME` (and is left out if that is taken too).
+const CALL_OPTIONS: &[&str] = &["output", "timeout", "header", "print"];
+
+/// The id of the REQUEST argument of an endpoint command.
+const REQUEST_ID: &str = "micro::request";
 
 /// The clap command of a service: one subcommand per endpoint, with typed flags. `under_root` builds it as a
 /// subcommand of the root command (for completion), whose global flags it must not repeat.
@@ -199,7 +229,8 @@ pub fn service_command(service: &Service, schema: &Schema, under_root: bool) -> 
     cmd
 }
 
-/// The command of one endpoint: a flag per request field (nested messages flattened).
+/// The command of one endpoint: the call options, an optional REQUEST, and a flag per request field (nested
+/// messages flattened).
 pub fn endpoint_command(word: &str, method: &MethodDescriptor, under_root: bool) -> Command {
     let mut about = schema::method_comment(method).unwrap_or_else(|| schema::endpoint_name(method));
     if method.is_client_streaming() {
@@ -212,26 +243,73 @@ pub fn endpoint_command(word: &str, method: &MethodDescriptor, under_root: bool)
     if under_root {
         used.extend(ROOT_GLOBALS.iter().map(|g| g.to_string()));
     }
-    let input = method.input();
-    if !under_root && !input.fields().any(|f| f.name() == "output") {
-        used.insert("output".into());
-        cmd = cmd.arg(
-            Arg::new("micro::output")
-                .short('o')
-                .long("output")
-                .value_name("FORMAT")
-                .value_parser(clap::builder::EnumValueParser::<Output>::new())
-                .help("Output format [json, yaml, raw]")
-                .hide_possible_values(true),
-        );
+    // The fields first: they keep their names.
+    let mut fields = Vec::new();
+    add_flags(&mut fields, &method.input(), &mut Vec::new(), &mut used, 0);
+    let mut moved = Vec::new();
+    for name in CALL_OPTIONS {
+        // Under the root (completion), the root's own --output reaches every subcommand.
+        if under_root && *name == "output" {
+            continue;
+        }
+        let Some(long) = [name.to_string(), format!("call-{name}")].into_iter().find(|l| !used.contains(l)) else {
+            continue;
+        };
+        if long != *name {
+            moved.push(format!("--{long}"));
+        }
+        used.insert(long.clone());
+        cmd = cmd.arg(call_option(name, long));
     }
-    cmd = cmd.next_help_heading("Request fields");
-    add_flags(&mut cmd, &input, &mut Vec::new(), &mut used, 0);
-    cmd
+    cmd = cmd.arg(
+        Arg::new(REQUEST_ID)
+            .value_name("REQUEST")
+            .help("The request: JSON, @FILE, or @- for stdin; flags given as well override its fields"),
+    );
+    let mut notes = String::from(
+        "The request is REQUEST, the flags, or both (the flags override REQUEST's fields). Without either, a piped \
+         stdin is the request.\nA request field keeps its flag name: a call option with the same name becomes \
+         --call-NAME",
+    );
+    if moved.is_empty() {
+        notes.push('.');
+    } else {
+        notes.push_str(&format!(" (here: {}).", moved.join(", ")));
+    }
+    cmd.after_help(notes).next_help_heading("Request fields").args(fields)
+}
+
+/// The call option `name` of an endpoint command, as `--long` (its name, or `call-NAME`).
+fn call_option(name: &str, long: String) -> Arg {
+    let arg = Arg::new(format!("micro::{name}")).long(long);
+    match name {
+        "output" => arg
+            .short('o')
+            .value_name("FORMAT")
+            .value_parser(clap::builder::EnumValueParser::<Output>::new())
+            .help("Output format [json, yaml, raw]")
+            .hide_possible_values(true),
+        "timeout" => arg
+            .value_name("DURATION")
+            .value_parser(super::call::parse_timeout)
+            .help("Deadline of the call, e.g. 500ms or 5s (unary calls default to 10s; streams to none)"),
+        "header" => arg
+            .short('H')
+            .value_name("KEY:VALUE")
+            .action(ArgAction::Append)
+            .help("Metadata to send with the call (repeatable)"),
+        _ => arg
+            .value_name("TOOL")
+            .value_parser(clap::builder::EnumValueParser::<print::Print>::new())
+            .hide_possible_values(true)
+            .help(
+                "Print the command that makes this call instead: grpcurl (through the proxy) or curl (the API gateway)",
+            ),
+    }
 }
 
 fn add_flags(
-    cmd: &mut Command,
+    args: &mut Vec<Arg>,
     message: &MessageDescriptor,
     path: &mut Vec<String>,
     used: &mut HashSet<String>,
@@ -243,14 +321,9 @@ fn add_flags(
             Kind::Message(m)
                 if !field.is_list() && !field.is_map() && !schema::is_well_known(&m) && depth + 1 < MAX_FLAG_DEPTH =>
             {
-                add_flags(cmd, &m, path, used, depth + 1);
+                add_flags(args, &m, path, used, depth + 1);
             }
-            _ => {
-                if let Some(arg) = field_arg(&field, path, used) {
-                    let owned = std::mem::replace(cmd, Command::new(""));
-                    *cmd = owned.arg(arg);
-                }
-            }
+            _ => args.extend(field_arg(&field, path, used)),
         }
         path.pop();
     }
@@ -425,14 +498,15 @@ fn field_json(field: &FieldDescriptor, flag: &str, values: &[String]) -> Result<
     scalar_json(&field.kind(), flag, values.last().map(String::as_str).unwrap_or(""))
 }
 
-/// Builds the request message from the parsed flags of an endpoint command. `None` when no field flag was given.
-pub fn request_from_matches(
-    method: &MethodDescriptor,
-    matches: &clap::ArgMatches,
-) -> Result<Option<DynamicMessage>, CliError> {
+/// What the field flags of an endpoint command make: the request's JSON object, and the ids of the flags given
+/// (`options.surname`).
+type FlagRequest = (Map<String, Value>, Vec<String>);
+
+/// The request the field flags of an endpoint command make; `None` when no field flag was given.
+fn flags_json(method: &MethodDescriptor, matches: &clap::ArgMatches) -> Result<Option<FlagRequest>, CliError> {
     let input = method.input();
     let mut root = Map::new();
-    let mut any = false;
+    let mut given = Vec::new();
     for id in matches.ids() {
         let id = id.as_str();
         if id.starts_with("micro::") || !matches.contains_id(id) {
@@ -451,7 +525,7 @@ pub fn request_from_matches(
             let Some(field) = message.get_field_by_name(name) else { break };
             if i + 1 == path.len() {
                 object.insert(name.to_string(), field_json(&field, &flag, &values)?);
-                any = true;
+                given.push(id.to_string());
             } else if let Kind::Message(m) = field.kind() {
                 let entry = object.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
                 object = match entry {
@@ -462,12 +536,79 @@ pub fn request_from_matches(
             }
         }
     }
-    if !any {
-        return Ok(None);
+    Ok((!given.is_empty()).then_some((root, given)))
+}
+
+/// A request that does not fit its type, naming the flag that set the wrong value when a flag did (`given` holds the
+/// ids of the flags given), else where it came from (`origin`: ` from FILE`, ` from stdin` or nothing).
+fn flag_error(e: &JsonError, given: &[String], origin: &str) -> CliError {
+    // The flag that set the value at `path`, or one inside it (a flag of a nested message's field).
+    let flag_at = |path: &str| -> Option<String> {
+        let fields = path.split('[').next().unwrap_or(path);
+        let outer = given.iter().filter(|id| fields == id.as_str() || fields.starts_with(&format!("{id}.")));
+        let inner = || given.iter().filter(|id| id.starts_with(&format!("{fields}.")));
+        outer
+            .max_by_key(|id| id.len())
+            .or_else(|| inner().min_by_key(|id| id.len()))
+            .map(|id| format!("--{}", id.replace(['.', '_'], "-")))
+    };
+    if let Problem::Oneof { oneof, first, .. } = &e.problem {
+        let first_path = match e.path.rsplit_once('.') {
+            Some((parent, _)) => format!("{parent}.{first}"),
+            None => first.clone(),
+        };
+        if let (Some(a), Some(b)) = (flag_at(&first_path), flag_at(&e.path)) {
+            return CliError::input(format!("{a} and {b} set two fields of oneof {oneof:?}; give only one"));
+        }
     }
-    let message = DynamicMessage::deserialize(input, Value::Object(root))
-        .map_err(|e| CliError::input(format!("invalid request: {e}")))?;
-    Ok(Some(message))
+    match flag_at(&e.path) {
+        Some(flag) => CliError::input(format!("invalid value for {flag}: {e}")),
+        None => request::json_error(e, origin),
+    }
+}
+
+/// Builds the request message from the parsed flags of an endpoint command. `None` when no field flag was given.
+pub fn request_from_matches(
+    method: &MethodDescriptor,
+    matches: &clap::ArgMatches,
+) -> Result<Option<DynamicMessage>, CliError> {
+    let Some((object, given)) = flags_json(method, matches)? else { return Ok(None) };
+    json::to_message(Value::Object(object), &method.input()).map(Some).map_err(|e| flag_error(&e, &given, ""))
+}
+
+/// Overrides the fields of `base` (a request read from REQUEST) with those of `flags` (what the field flags made),
+/// field by field: a nested message merges, anything else replaces, and a field of a oneof replaces its siblings.
+fn overlay(base: &mut Map<String, Value>, flags: &Map<String, Value>, message: &MessageDescriptor) {
+    for (key, value) in flags {
+        let Some(field) = message.get_field_by_name(key) else {
+            base.insert(key.clone(), value.clone());
+            continue;
+        };
+        let oneof = field.containing_oneof().map(|o| o.full_name().to_string());
+        // Take out every key of `base` that names this field (by its JSON or proto name) or a sibling in its oneof.
+        let mut existing = None;
+        base.retain(|k, v| {
+            let Some(other) = message.get_field_by_json_name(k).or_else(|| message.get_field_by_name(k)) else {
+                return true;
+            };
+            if other.number() == field.number() {
+                existing = Some(std::mem::take(v));
+                return false;
+            }
+            let sibling = oneof.is_some() && other.containing_oneof().map(|o| o.full_name().to_string()) == oneof;
+            !sibling
+        });
+        let merged = match (field.kind(), existing, value) {
+            (Kind::Message(m), Some(Value::Object(mut inner)), Value::Object(over))
+                if !field.is_list() && !field.is_map() && !schema::is_well_known(&m) =>
+            {
+                overlay(&mut inner, over, &m);
+                Value::Object(inner)
+            }
+            _ => value.clone(),
+        };
+        base.insert(key.clone(), merged);
+    }
 }
 
 /// Runs `micro <service> …`.
@@ -497,11 +638,11 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
     };
     let cmd = service_command(&service, &schema, false).bin_name(format!("micro {name}"));
     let mut argv = args.clone();
-    // A bare service name (or only flags) means its Call endpoint.
+    // A bare service name (or only flags, or only a REQUEST file) means its Call endpoint.
     let first_word = argv.get(1).map(String::as_str);
     let bare = match first_word {
         None => true,
-        Some(w) => w.starts_with('-') && w != "--help" && w != "-h" && w != "--version" && w != "-V",
+        Some(w) => w.starts_with(['-', '@', '{']) && w != "--help" && w != "-h" && w != "--version" && w != "-V",
     };
     if bare && cmd.find_subcommand("call").is_some() {
         argv.insert(1, "call".into());
@@ -521,10 +662,45 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
         let help = cmd.clone().render_help().to_string();
         return Err(CliError::failure(format!("No endpoint given for {name}.\n\n{help}")).into());
     };
-    let first = request_from_matches(&route.method, leaf)?;
+    let method = route.method;
+    let input = method.input();
+    let flags = flags_json(&method, leaf)?;
+    let source = leaf.get_one::<String>(REQUEST_ID).map(|r| request::Source::parse(r));
+    let requests = match (source, flags) {
+        // Flags alone: they are the request (of a client stream too).
+        (None, Some((object, given))) => Requests::Given(vec![
+            json::to_message(Value::Object(object), &input).map_err(|e| flag_error(&e, &given, ""))?,
+        ]),
+        (source, flags) => match request::read(&method, source, settings.stdin_tty, settings.stderr_tty).await? {
+            request::Input::StdinLines => Requests::StdinLines { overlay: flags.map(|(object, _)| object) },
+            request::Input::Documents { values, origin } => {
+                let many = values.len() > 1;
+                let given = flags.as_ref().map(|(_, g)| g.as_slice()).unwrap_or_default();
+                let mut messages = Vec::with_capacity(values.len());
+                for (i, mut value) in values.into_iter().enumerate() {
+                    if let (Value::Object(base), Some((object, _))) = (&mut value, &flags) {
+                        overlay(base, object, &input);
+                    }
+                    let at = if many { format!("{origin} (document {})", i + 1) } else { origin.clone() };
+                    messages.push(json::to_message(value, &input).map_err(|e| flag_error(&e, given, &at))?);
+                }
+                Requests::Given(messages)
+            }
+        },
+    };
     let output = leaf.try_get_one::<Output>("micro::output").ok().flatten().copied().or(settings.output);
-    let invocation =
-        Invocation { service: service.name.clone(), method: route.method, first, metadata: Vec::new(), timeout: None };
+    let headers: Vec<String> =
+        leaf.try_get_many::<String>("micro::header").ok().flatten().map(|v| v.cloned().collect()).unwrap_or_default();
+    let invocation = Invocation {
+        service: service.name.clone(),
+        method,
+        requests,
+        metadata: super::call::parse_headers(&headers)?,
+        timeout: leaf.try_get_one::<Duration>("micro::timeout").ok().flatten().copied(),
+    };
+    if let Some(tool) = leaf.try_get_one::<print::Print>("micro::print").ok().flatten() {
+        return print::print(settings, &invocation, *tool);
+    }
     invoke(settings, &conn, invocation, output).await
 }
 
@@ -590,20 +766,16 @@ pub async fn invoke(
     let ctx = RpcContext { address: settings.proxy.clone(), endpoint: schema::endpoint_name(&method) };
 
     let (bad_input_tx, mut bad_input_rx) = tokio::sync::mpsc::channel::<CliError>(1);
-    let requests: futures::stream::BoxStream<'static, DynamicMessage> = match invocation.first {
-        Some(m) => futures::stream::once(async move { m }).boxed(),
-        None if streaming_in => {
+    let requests: futures::stream::BoxStream<'static, DynamicMessage> = match invocation.requests {
+        Requests::Given(messages) => futures::stream::iter(messages).boxed(),
+        Requests::StdinLines { overlay } => {
             if settings.stdin_tty {
                 Printer::new(None, Output::Json).message(format!(
                     "Reading {} messages from stdin as JSON, one per line; end with Ctrl-D.",
                     method.input().name()
                 ));
             }
-            stdin_messages(method.input(), bad_input_tx).boxed()
-        }
-        None => {
-            let empty = DynamicMessage::new(method.input());
-            futures::stream::once(async move { empty }).boxed()
+            stdin_messages(method.input(), overlay, bad_input_tx).boxed()
         }
     };
     let mut responses = match call(conn, &method, requests, &options).await {
@@ -633,15 +805,18 @@ pub async fn invoke(
     Ok(())
 }
 
-/// Reads JSON messages from stdin, one per line; a bad line ends the stream and is reported.
+/// Reads JSON messages from stdin, one per line, with the fields of `overlay` set on each; a bad line ends the stream
+/// and is reported.
 fn stdin_messages(
     descriptor: MessageDescriptor,
+    overlay_fields: Option<Map<String, Value>>,
     bad_input: tokio::sync::mpsc::Sender<CliError>,
 ) -> impl futures::Stream<Item = DynamicMessage> + Send + 'static {
     let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     futures::stream::unfold((lines, 0usize, false), move |(mut lines, n, done)| {
         let descriptor = descriptor.clone();
         let bad_input = bad_input.clone();
+        let overlay_fields = overlay_fields.clone();
         async move {
             if done {
                 return None;
@@ -660,8 +835,15 @@ fn stdin_messages(
                 if line.trim().is_empty() {
                     continue;
                 }
-                let mut de = serde_json::Deserializer::from_str(&line);
-                match DynamicMessage::deserialize(descriptor.clone(), &mut de) {
+                let parsed = serde_json::from_str::<Value>(&line)
+                    .map_err(|e| JsonError { path: String::new(), problem: Problem::Syntax(e.to_string()) })
+                    .and_then(|mut value| {
+                        if let (Value::Object(base), Some(fields)) = (&mut value, &overlay_fields) {
+                            overlay(base, fields, &descriptor);
+                        }
+                        json::to_message(value, &descriptor)
+                    });
+                match parsed {
                     Ok(m) => return Some((m, (lines, n, false))),
                     Err(e) => {
                         let _ =

@@ -27,6 +27,7 @@ mod postgres;
 mod proxy;
 mod reflection;
 mod registry;
+mod requests;
 mod runtime;
 mod security;
 mod services;

@@ -11,6 +11,10 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::{Status, Streaming};
 
+/// The largest message a dynamic call sends or accepts: 64 MiB. gRPC's default is 4 MiB; the service library
+/// accepts this much too (`micro::MAX_MESSAGE_SIZE`), and the proxy passes messages through whatever their size.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A codec that encodes [`DynamicMessage`]s and decodes them by a message descriptor.
 #[derive(Clone, Debug)]
 pub struct DynamicCodec {
@@ -128,7 +132,9 @@ where
         Ok(p) => p,
         Err(e) => return Ok(Err(Status::invalid_argument(format!("malformed method name: {path:?}: {e}")))),
     };
-    let mut grpc = tonic::client::Grpc::new(conn.channel());
+    let mut grpc = tonic::client::Grpc::new(conn.channel())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     if let Err(e) = grpc.ready().await {
         return Ok(Err(Status::unavailable(e.to_string())));
     }

@@ -24,6 +24,9 @@ pub const MICRO_USERNAME: &str = "MICRO_USERNAME";
 /// CLI: the password `micro login` uses when neither `--password` nor `--password-stdin` is given. Prefer
 /// `--password-stdin`: the environment of a process can be read by others of the same user.
 pub const MICRO_PASSWORD: &str = "MICRO_PASSWORD";
+/// CLI: the HTTP API gateway the commands of `--print curl` call, `http(s)://HOST:PORT` (or `HOST:PORT`, reached
+/// over TLS when the proxy is); default: the proxy's host on port 8080.
+pub const MICRO_API: &str = "MICRO_API";
 /// Log filter for the server and services (`info`, `debug`, `micro=trace`…), as `tracing_subscriber::EnvFilter`.
 pub const MICRO_LOG_LEVEL: &str = "MICRO_LOG_LEVEL";
 

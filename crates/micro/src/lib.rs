@@ -57,6 +57,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
+/// The largest message a service should take and send: 64 MiB, what `micro call` and the HTTP API gateway send
+/// and accept (gRPC's default is 4 MiB; the proxy passes messages through whatever their size). A generated tonic
+/// server keeps gRPC's default unless told otherwise, so raise it where the service is added:
+/// `.add_service(HelloworldServer::new(Handler).max_decoding_message_size(micro::MAX_MESSAGE_SIZE))`.
+pub const MAX_MESSAGE_SIZE: usize = micro_client::dynamic::MAX_MESSAGE_BYTES;
+
 /// The proxy address services use when `MICRO_PROXY` is not set.
 pub const DEFAULT_PROXY: &str = "127.0.0.1:8081";
 
@@ -132,7 +138,9 @@ impl Service {
         self
     }
 
-    /// Adds a tonic service (a generated `…Server`).
+    /// Adds a tonic service (a generated `…Server`). A generated server refuses requests over 4 MiB unless its limit
+    /// is raised: `HelloworldServer::new(Handler).max_decoding_message_size(micro::MAX_MESSAGE_SIZE)` takes what the
+    /// CLI and the gateway send ([`MAX_MESSAGE_SIZE`]).
     pub fn add_service<S>(mut self, svc: S) -> Self
     where
         S: tower::Service<

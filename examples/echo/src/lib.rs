@@ -40,5 +40,7 @@ impl Echo for Handler {
 
 /// The micro service: name, schema and handler.
 pub fn service() -> micro::Service {
-    micro::Service::new("echo").descriptors(pb::FILE_DESCRIPTOR_SET).add_service(EchoServer::new(Handler))
+    micro::Service::new("echo")
+        .descriptors(pb::FILE_DESCRIPTOR_SET)
+        .add_service(EchoServer::new(Handler).max_decoding_message_size(micro::MAX_MESSAGE_SIZE))
 }

@@ -52,5 +52,7 @@ impl Helloworld for Handler {
 
 /// The micro service: name, schema and handler.
 pub fn service() -> micro::Service {
-    micro::Service::new("helloworld").descriptors(pb::FILE_DESCRIPTOR_SET).add_service(HelloworldServer::new(Handler))
+    micro::Service::new("helloworld")
+        .descriptors(pb::FILE_DESCRIPTOR_SET)
+        .add_service(HelloworldServer::new(Handler).max_decoding_message_size(micro::MAX_MESSAGE_SIZE))
 }

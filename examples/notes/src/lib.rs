@@ -224,5 +224,7 @@ impl Notes for Handler {
 
 /// The micro service: name, schema and handler, using the platform through `client`.
 pub fn service(handler: Handler) -> micro::Service {
-    micro::Service::new("notes").descriptors(pb::FILE_DESCRIPTOR_SET).add_service(NotesServer::new(handler))
+    micro::Service::new("notes")
+        .descriptors(pb::FILE_DESCRIPTOR_SET)
+        .add_service(NotesServer::new(handler).max_decoding_message_size(micro::MAX_MESSAGE_SIZE))
 }

@@ -13,6 +13,7 @@ use prost_types::{
     DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto, FileDescriptorProto,
     MessageOptions, MethodDescriptorProto, ServiceDescriptorProto,
 };
+use serde_json::json;
 use std::sync::LazyLock;
 
 /// A field of the `fuzz` test message.
@@ -303,7 +304,23 @@ impl Conversion {
         let matches = command.clone().try_get_matches_from(&argv);
         let error = matches.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         prop_assert!(matches.is_ok(), "clap refused {:?}: {}", argv, error);
-        let result = request_from_matches(method, &matches.expect("checked"));
+        let matches = matches.expect("checked");
+        // The schema check refuses exactly what the conversion refuses.
+        if let Ok(Some((object, _))) = flags_json(method, &matches) {
+            let value = Value::Object(object);
+            let checked = micro_client::json::check(&value, &method.input());
+            let converted = DynamicMessage::deserialize(method.input(), value.clone());
+            prop_assert_eq!(
+                checked.is_ok(),
+                converted.is_ok(),
+                "{} for {}: the check says {:?}, the conversion {:?}",
+                value,
+                method.full_name(),
+                checked.err().map(|e| e.to_string()),
+                converted.err().map(|e| e.to_string())
+            );
+        }
+        let result = request_from_matches(method, &matches);
         Ok(Conversion { method: method.clone(), argv, given, result })
     }
 
@@ -351,10 +368,6 @@ fn pick(endpoint: &Endpoint, picks: Vec<(Index, String)>) -> Vec<(String, String
     chosen
 }
 
-/// The prefix of the errors of the final conversion of the whole request, which name no flag (`docs/fuzzing.md`,
-/// finding 2).
-const UNNAMED: &str = "invalid request: ";
-
 /// Runs the flags `picks` chooses on endpoint number `endpoint`, and checks what holds for every conversion.
 fn convert(endpoint: usize, picks: Vec<(Index, String)>) -> Result<Conversion, TestCaseError> {
     let endpoint = &ENDPOINTS[endpoint];
@@ -369,28 +382,10 @@ proptest! {
     #![proptest_config(micro_core::testing::config(256))]
 
     /// Any values for any flags of any endpoint (the `fuzz` one half of the time) build the request, or fail with
-    /// an input error that names one of the flags given, or comes from the final conversion (finding 2).
+    /// an input error that names one of the flags given, the final conversion's errors too (finding 2, fixed by the
+    /// check of `micro_client::json` and `flag_error`).
     #[test]
     fn flag_values_build_a_request_or_are_refused(
-        endpoint in endpoint_with_flags(),
-        picks in vec((any::<Index>(), value()), 1..4),
-    ) {
-        let conversion = convert(endpoint, picks)?;
-        let unnamed = conversion.result.as_ref().err().is_some_and(|e| e.message.starts_with(UNNAMED));
-        prop_assert!(
-            conversion.names_a_flag() || unnamed,
-            "{:?} for {}: the error names no flag: {}",
-            conversion.argv,
-            conversion.method.full_name(),
-            conversion.result.as_ref().err().map(|e| e.message.as_str()).unwrap_or_default()
-        );
-    }
-
-    /// Every error names the flag, the final conversion's too: what the previous property asks once finding 2 is
-    /// fixed. Run it with `cargo test --lib proptests -- --ignored`.
-    #[test]
-    #[ignore = "finding 2 of docs/fuzzing.md: the final conversion's errors name no flag"]
-    fn flag_errors_name_the_flag(
         endpoint in endpoint_with_flags(),
         picks in vec((any::<Index>(), value()), 1..4),
     ) {
@@ -420,11 +415,9 @@ fn endpoint(method: &str) -> &'static Endpoint {
     ENDPOINTS.iter().find(|e| e.method.full_name() == method).unwrap_or_else(|| panic!("no method {method}"))
 }
 
-/// Findings 1 and 2 of `docs/fuzzing.md`, one input each: every one of these must be refused with an error that
-/// names its flag (or be accepted as what it says), and none may panic. They fail today; run them with
-/// `cargo test --lib proptests -- --ignored` and drop the `ignore` when `dynamic.rs` is fixed.
+/// Finding 2 of `docs/fuzzing.md`, one input each: every one of these must be refused with an error that names its
+/// flag (or be accepted as what it says), and none may panic.
 #[test]
-#[ignore = "finding 2 of docs/fuzzing.md (in src/cli/dynamic.rs)"]
 fn found_flag_conversion_bugs() {
     let mut failures = Vec::new();
     // Finding 1 (a sign after `0x`, an overflowing negation) is fixed: `dynamic::tests::hex_integers_take_one_sign_and_never_overflow`.
@@ -477,4 +470,156 @@ fn the_fuzz_endpoint_has_a_flag_for_every_field() {
     }
     // Past the flag depth, a nested message takes JSON.
     assert!(!longs.iter().any(|l| l.starts_with("inner-child-child-child-child-child-")), "{longs:?}");
+}
+
+/// A small deterministic generator for JSON shaped by a message descriptor.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+}
+
+/// Any JSON value: the edge cases of every kind's JSON form, near misses, and arbitrary shapes.
+fn any_json(rng: &mut Rng, depth: usize) -> Value {
+    let scalars = [
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(7),
+        json!(2_147_483_648u64),
+        json!(-2_147_483_649i64),
+        json!(4_294_967_296u64),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(1.5),
+        json!(1e3),
+        json!(1e39),
+        json!(-1e300),
+        json!(""),
+        json!("abc"),
+        json!("5"),
+        json!("-5"),
+        json!(" 5"),
+        json!("+5"),
+        json!("1.5"),
+        json!("1e3"),
+        json!("9223372036854775808"),
+        json!("18446744073709551616"),
+        json!("NaN"),
+        json!("Infinity"),
+        json!("-Infinity"),
+        json!("inf"),
+        json!("aGk="),
+        json!("aGk"),
+        json!("a-_b"),
+        json!("not base64!"),
+        json!("RED"),
+        json!("red"),
+        json!("NULL_VALUE"),
+        json!("2024-01-02T15:04:05Z"),
+        json!("2024-13-99T99:99:99Z"),
+        json!("1.5s"),
+        json!("1e300s"),
+        json!("fooBar,baz"),
+        json!("a_b"),
+        json!("true"),
+    ];
+    match rng.below(if depth > 2 { 1 } else { 6 }) {
+        0..=2 => rng.pick(&scalars),
+        3 => Value::Array((0..rng.below(3)).map(|_| any_json(rng, depth + 1)).collect()),
+        4 => {
+            let keys = ["name", "x", "@type", "value", "1", "true", "-5", "k"];
+            let mut object = Map::new();
+            for _ in 0..rng.below(3) {
+                object.insert(rng.pick(&keys).to_string(), any_json(rng, depth + 1));
+            }
+            if rng.below(4) == 0 {
+                object.insert("@type".into(), json!("type.googleapis.com/google.protobuf.Duration"));
+                object.insert("value".into(), json!("1s"));
+            }
+            Value::Object(object)
+        }
+        _ => json!({}),
+    }
+}
+
+/// A JSON request for `message`: each field half of the time, by its proto or JSON name, with a value of its kind
+/// or any JSON; now and then an unknown field.
+fn random_request(rng: &mut Rng, message: &MessageDescriptor, depth: usize) -> Value {
+    let mut object = Map::new();
+    for field in message.fields() {
+        if rng.below(2) == 0 {
+            continue;
+        }
+        let key = if rng.below(2) == 0 { field.name().to_string() } else { field.json_name().to_string() };
+        let value = if rng.below(3) == 0 {
+            any_json(rng, depth + 1)
+        } else if field.is_list() {
+            Value::Array((0..rng.below(3)).map(|_| element(rng, &field.kind(), depth)).collect())
+        } else if field.is_map() {
+            let entry = field.kind().as_message().cloned().expect("a map entry");
+            let keys = ["k", "1", "-5", "true", "0x10", " 5"];
+            let mut map = Map::new();
+            for _ in 0..rng.below(3) {
+                map.insert(rng.pick(&keys).to_string(), element(rng, &entry.map_entry_value_field().kind(), depth));
+            }
+            Value::Object(map)
+        } else {
+            element(rng, &field.kind(), depth)
+        };
+        object.insert(key, value);
+    }
+    if rng.below(10) == 0 {
+        object.insert("nope".into(), json!(1));
+    }
+    Value::Object(object)
+}
+
+/// A value for one element of `kind`: a nested request for a message (not too deep), else any JSON.
+fn element(rng: &mut Rng, kind: &Kind, depth: usize) -> Value {
+    match kind {
+        Kind::Message(m) if depth < 4 && !m.full_name().starts_with("google.protobuf.") && rng.below(4) != 0 => {
+            random_request(rng, m, depth + 1)
+        }
+        Kind::Enum(e) if rng.below(2) == 0 => {
+            let names: Vec<String> = e.values().map(|v| v.name().to_string()).collect();
+            json!(rng.pick(&names))
+        }
+        _ => any_json(rng, depth + 1),
+    }
+}
+
+proptest! {
+    #![proptest_config(micro_core::testing::config(512))]
+
+    /// The schema check (`micro_client::json`) refuses exactly the JSON requests the proto3 JSON conversion refuses,
+    /// for JSON shaped like the requests of every endpoint (the `fuzz` one half of the time).
+    #[test]
+    fn the_json_check_agrees_with_the_conversion(endpoint in endpoint_with_flags(), seed in any::<u64>()) {
+        let input = ENDPOINTS[endpoint].method.input();
+        let mut rng = Rng(seed | 1);
+        let value = random_request(&mut rng, &input, 0);
+        let checked = micro_client::json::check(&value, &input);
+        let converted = DynamicMessage::deserialize(input.clone(), value.clone());
+        prop_assert_eq!(
+            checked.is_ok(),
+            converted.is_ok(),
+            "{} for {}: the check says {:?}, the conversion {:?}",
+            value,
+            input.full_name(),
+            checked.err().map(|e| e.to_string()),
+            converted.err().map(|e| e.to_string())
+        );
+    }
 }
