@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 
 /// Arguments of `micro auth`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro auth list accounts\n  \
+    micro auth create account alice --secret s3cret --scopes admin\n  \
+    micro auth create rule public-hello --resource 'service:helloworld:*'\n  \
+    micro auth list rules -o json --jq '.[].id'")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

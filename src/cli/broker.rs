@@ -26,6 +26,9 @@ use std::io::{BufRead, Write};
 
 /// Arguments of `micro broker`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro broker publish greetings hello\n  \
+    tail -f app.log | micro broker publish logs -\n  \
+    micro broker subscribe greetings --jq .body")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

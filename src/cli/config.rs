@@ -18,6 +18,10 @@ use serde_json::Value;
 
 /// Arguments of `micro config`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro config set db.host 10.0.0.5\n  \
+    micro config get db\n  \
+    micro config set --secret db.password s3cret\n  \
+    micro config del db.host")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

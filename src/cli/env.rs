@@ -11,6 +11,10 @@ use micro_client::tls::{ClientTls, Target};
 
 /// Arguments of `micro env`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro env\n  \
+    micro env add prod https://micro.example.com:8443 --ca-cert ca.pem\n  \
+    micro env set prod\n  \
+    micro -e prod services")]
 pub struct Args {
     /// What to do; lists the envs when absent.
     #[command(subcommand)]

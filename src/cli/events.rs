@@ -31,6 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Arguments of `micro events`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro events publish orders '{\"id\": 1}'\n  \
+    micro events consume orders --group billing\n  \
+    micro events read orders --limit 10 --jq '.[].payload'")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

@@ -15,6 +15,9 @@ use std::io::BufRead;
 
 /// Flags of `micro login`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro login\n  \
+    micro login --username admin --password-stdin <<< \"$PASSWORD\"\n  \
+    micro -e prod login --username alice")]
 pub struct Args {
     /// The account's id or name; prompted for on a terminal.
     #[arg(long, visible_alias = "email", env = env::MICRO_USERNAME, value_name = "ID")]

@@ -15,6 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Flags of `micro logs`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro logs greeter\n  \
+    micro logs -f -n 100 greeter\n  \
+    micro logs --since 10m server\n  \
+    micro logs greeter -o json --jq .message")]
 pub struct Args {
     /// The service (NAME or NAME@VERSION), or `server` for the server's own log.
     #[arg(value_name = "NAME")]

@@ -80,6 +80,9 @@ pub struct Args {
 
 /// Flags of `micro update`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro update greeter\n  \
+    micro update ./greeter\n  \
+    micro update greeter --instances 3")]
 pub struct UpdateArgs {
     /// The new source (a local directory or a git URL), or the name of a running service to update from the source
     /// it was run from.

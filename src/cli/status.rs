@@ -16,6 +16,9 @@ use std::time::{Duration, SystemTime};
 
 /// Flags of `micro status`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro status\n  \
+    micro status greeter\n  \
+    micro status -o json --jq '.[] | select(.status == \"error\") | .name'")]
 pub struct Args {
     /// Only this service (NAME or NAME@VERSION).
     #[arg(value_name = "NAME")]

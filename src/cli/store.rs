@@ -60,6 +60,10 @@ const IMPORT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Arguments of `micro store`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro store write greeting \"hello world\"\n  \
+    micro store read greeting\n  \
+    micro store list --prefix user/ -o json --jq '.[]'\n  \
+    micro store snapshot --destination file:///tmp/micro.snapshot")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

@@ -17,6 +17,10 @@ use micro_core::proto::auth::{Account, ChangeSecretRequest, InspectRequest, Opti
 
 /// Arguments of `micro user`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro user\n  \
+    curl http://127.0.0.1:8080/helloworld/call -H \"Authorization: Bearer $(micro user token)\" -d '{}'\n  \
+    micro user namespace set foo\n  \
+    micro user set password")]
 pub struct Args {
     /// What to do; prints the logged-in account's name when absent.
     #[command(subcommand)]
