@@ -84,9 +84,14 @@ pub fn find_endpoint(service: &Service, schema: Option<&Schema>, endpoint: &str)
     let method = found.and_then(|e| schema::find_method(&schema.pool, &e.method));
     method.ok_or_else(|| {
         let names: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
+        let hint = super::suggest::did_you_mean(endpoint, names.iter().copied());
         CliError::new(
             ExitStatus::UnknownMethod,
-            format!("Endpoint {endpoint} not found for service {}. Endpoints: {}", service.name, names.join(", ")),
+            format!(
+                "Endpoint {endpoint} not found for service {}. Endpoints: {}{hint}",
+                service.name,
+                names.join(", ")
+            ),
         )
     })
 }
@@ -154,7 +159,7 @@ fn word_command(word: &str, original: &str) -> Command {
 
 /// The flags of the root command that reach every subcommand (global flags); under the root, fields with these
 /// names get no flag.
-const ROOT_GLOBALS: &[&str] = &["env", "namespace", "proxy", "output"];
+const ROOT_GLOBALS: &[&str] = &["env", "namespace", "proxy", "output", "jq"];
 
 /// The clap command of a service: one subcommand per endpoint, with typed flags. `under_root` builds it as a
 /// subcommand of the root command (for completion), whose global flags it must not repeat.
@@ -223,6 +228,15 @@ pub fn endpoint_command(word: &str, method: &MethodDescriptor, under_root: bool)
                 .value_parser(clap::builder::EnumValueParser::<Output>::new())
                 .help("Output format [json, yaml, raw]")
                 .hide_possible_values(true),
+        );
+    }
+    if !under_root && !input.fields().any(|f| f.name() == "jq") {
+        used.insert("jq".into());
+        cmd = cmd.arg(
+            Arg::new("micro::jq")
+                .long("jq")
+                .value_name("EXPR")
+                .help("Select from the JSON output with a jq expression (strings print raw)"),
         );
     }
     cmd = cmd.next_help_heading("Request fields");
@@ -482,10 +496,7 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
     let (service, schema) = match resolve(settings, &conn, &name, wants_help).await {
         Ok(found) => found,
         Err(e) if e.status == ExitStatus::NotFound && e.message.starts_with("Service \"") => {
-            return Err(CliError::failure(format!(
-                "Unrecognized micro command: {name}. Please refer to 'micro --help'"
-            ))
-            .into());
+            return Err(super::suggest::unknown_service(settings, &conn, &name).await.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -522,7 +533,11 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
         return Err(CliError::failure(format!("No endpoint given for {name}.\n\n{help}")).into());
     };
     let first = request_from_matches(&route.method, leaf)?;
-    let output = leaf.try_get_one::<Output>("micro::output").ok().flatten().copied().or(settings.output);
+    let mut output = leaf.try_get_one::<Output>("micro::output").ok().flatten().copied().or(settings.output);
+    if let Some(expression) = leaf.try_get_one::<String>("micro::jq").ok().flatten() {
+        super::output::set_jq(expression)?;
+        output = Some(if output == Some(Output::Raw) { Output::Raw } else { Output::Json });
+    }
     let invocation =
         Invocation { service: service.name.clone(), method: route.method, first, metadata: Vec::new(), timeout: None };
     invoke(settings, &conn, invocation, output).await
@@ -556,14 +571,21 @@ fn clap_error(e: clap::Error, cmd: &Command, argv: &[String]) -> CliError {
                 .filter(|f| f != "--help")
                 .collect();
             let valid = if flags.is_empty() { "none".to_string() } else { flags.join(", ") };
-            CliError::input(format!("Unknown flag {flag} for `micro {}`. Valid flags: {valid}", path.join(" ")))
+            let name = flag.split('=').next().unwrap_or(&flag);
+            let hint = super::suggest::did_you_mean(name, flags.iter().map(String::as_str));
+            CliError::input(format!("Unknown flag {flag} for `micro {}`. Valid flags: {valid}{hint}", path.join(" ")))
         }
         ErrorKind::InvalidSubcommand => {
             let word = e.get(clap::error::ContextKind::InvalidSubcommand).map(|v| v.to_string()).unwrap_or_default();
             let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+            let hint = super::suggest::did_you_mean(&word, names.iter().copied());
             CliError::new(
                 ExitStatus::UnknownMethod,
-                format!("Endpoint {word} not found for service {}. Endpoints: {}", cmd.get_name(), names.join(", ")),
+                format!(
+                    "Endpoint {word} not found for service {}. Endpoints: {}{hint}",
+                    cmd.get_name(),
+                    names.join(", ")
+                ),
             )
         }
         _ => {

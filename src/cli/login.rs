@@ -131,7 +131,16 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     }
 
     log_in(settings, username, password).await?;
-    Printer::new(settings.output, Output::Table).line("Successfully logged in.")?;
+    let printer = Printer::new(settings.output, Output::Table);
+    match printer.format() {
+        Output::Table => printer.line("Successfully logged in.")?,
+        _ => {
+            let account = settings.stored_token()?.map(|(_, token)| token.account_id);
+            printer.json(&serde_json::json!({
+                "account": account, "env": settings.env, "namespace": settings.namespace,
+            }))?
+        }
+    }
     Ok(())
 }
 

@@ -212,7 +212,7 @@ mod jq {
             let val = match result {
                 Ok(val) => val,
                 Err(exception) => match exception.get_err() {
-                    Ok(error) => return Err(error.to_string()),
+                    Ok(error) => return Err(shorten(&error.to_string())),
                     // `halt`: stop with the results so far.
                     Err(_) => break,
                 },
@@ -221,6 +221,18 @@ mod jq {
             results.push(serde_json::from_str(&text).unwrap_or(Value::String(text)));
         }
         Ok(results)
+    }
+
+    /// jaq's error without most of the value it quotes (a whole response, at times): its first 80 and last 40
+    /// characters.
+    fn shorten(message: &str) -> String {
+        let chars: Vec<char> = message.chars().collect();
+        if chars.len() <= 160 {
+            return message.to_string();
+        }
+        let head: String = chars[..80].iter().collect();
+        let tail: String = chars[chars.len() - 40..].iter().collect();
+        format!("{head}…{tail}")
     }
 
     fn bad(message: String) -> std::io::Error {

@@ -33,11 +33,14 @@ pub fn is_typo(word: &str, name: &str) -> bool {
     }
 }
 
-/// Whether `candidate` is close enough to `word` to suggest it (looser than [`is_typo`]: it only adds a hint).
+/// Whether `candidate` is close enough to `word` to suggest it (looser than [`is_typo`]: it only adds a hint):
+/// at most one edit in three letters, case aside, of what follows their common prefix (so that
+/// `Helloworld.Nope` is not close to `Helloworld.Call`).
 fn is_close(word: &str, candidate: &str) -> bool {
     let (word, candidate) = (word.to_lowercase(), candidate.to_lowercase());
-    let shortest = word.chars().count().min(candidate.chars().count());
-    strsim::osa_distance(&word, &candidate) <= (shortest / 3).max(1) || strsim::jaro_winkler(&word, &candidate) > 0.9
+    let common = word.chars().zip(candidate.chars()).take_while(|(a, b)| a == b).count();
+    let rest = (word.chars().count() - common).min(candidate.chars().count() - common);
+    strsim::osa_distance(&word, &candidate) <= (rest / 3).max(1)
 }
 
 /// The candidates close to `word`, closest first (at most three).
@@ -52,7 +55,8 @@ pub fn close<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> V
     found.into_iter().take(3).map(|(_, c)| c).collect()
 }
 
-/// `; did you mean 'x'?` (or `'x' or 'y'`) for the candidates close to `word`, else nothing.
+/// `; did you mean 'x'?` (or `'x' or 'y'`) for the candidates close to `word`, else nothing: the end of an error
+/// message.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     let found = close(word, candidates);
     if found.is_empty() {
@@ -154,5 +158,9 @@ mod tests {
         assert_eq!(did_you_mean("zzz", services), "");
         assert_eq!(close("cal", ["call", "ping-pong", "stream"]), ["call"]);
         assert_eq!(close("--nme", ["--name", "--help"]), ["--name"]);
+        assert_eq!(close("Helloworld.Cal", ["Helloworld.Call", "Helloworld.Stream"]), ["Helloworld.Call"]);
+        assert!(close("Helloworld.Nope", ["Helloworld.Call", "Helloworld.Stream"]).is_empty());
+        assert_eq!(close("--nmae", ["--name", "--output"]), ["--name"]);
+        assert_eq!(close("registyr", ["registry", "runtime"]), ["registry"]);
     }
 }
