@@ -1,8 +1,9 @@
 //! `micro auth`: accounts and access rules of a namespace — list, create, delete, and change an account's secret.
 //!
 //! Every subcommand acts in the current namespace (`--namespace` to pick another) with the logged-in account's
-//! token, and follows Micro's messages (`Rule created`, `Account created: {…}`, `Invalid access: …`). Rules are
-//! listed by priority, highest first, then by id.
+//! token, and follows Micro's messages (`Rule created`, `Account created: {…}`, `Invalid access: …`); with `-o json`
+//! each prints JSON instead (the account, the rule, `{"id","deleted"}`). Rules are listed by priority, highest
+//! first, then by id. A missing subcommand, argument or bad value is bad input (128); no such account or rule 6.
 
 use super::output::Printer;
 use crate::exit::{CliError, RpcContext, from_core_status};

@@ -42,7 +42,8 @@ pub fn write_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBu
 pub fn exec(args: Args) -> anyhow::Result<()> {
     let written = write_pages(super::command(), &args.out)
         .map_err(|e| CliError::failure(format!("cannot write the man pages to {}: {e}", args.out.display())))?;
-    eprintln!("Wrote {} man pages to {}", written.len(), args.out.display());
+    let printer = super::output::Printer::new(None, crate::settings::Output::Table);
+    printer.message(format!("Wrote {} man pages to {}", written.len(), args.out.display()));
     Ok(())
 }
 

@@ -671,11 +671,16 @@ async fn snapshot(settings: &Settings, printer: &Printer, a: SnapshotArgs) -> an
         }
     };
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the snapshot to {}", path.display()))?;
-    printer.message(format!(
-        "Snapshot of database {database}: {count} records from {} tables written to {}",
-        tables.len(),
-        path.display()
-    ));
+    match printer.format() {
+        Output::Table => printer.message(format!(
+            "Snapshot of database {database}: {count} records from {} tables written to {}",
+            tables.len(),
+            path.display()
+        )),
+        _ => printer.json(&json!({
+            "database": database, "tables": tables.len(), "records": count, "path": path.to_string_lossy(),
+        }))?,
+    }
     Ok(())
 }
 
@@ -854,7 +859,14 @@ async fn restore(settings: &Settings, printer: &Printer, a: RestoreArgs) -> anyh
     }
     reader.await??;
     let skipped = if expired > 0 { format!(" ({expired} had expired and were skipped)") } else { String::new() };
-    printer.message(format!("Restored {imported} of {total} records into database {database}{skipped}"));
+    match printer.format() {
+        Output::Table => {
+            printer.message(format!("Restored {imported} of {total} records into database {database}{skipped}"))
+        }
+        _ => printer.json(&json!({
+            "database": database, "records": total, "restored": imported, "expired": expired,
+        }))?,
+    }
     Ok(())
 }
 
