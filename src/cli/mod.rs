@@ -224,6 +224,24 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(args) => completion::exec(args),
         Command::Cli(args) => interactive::exec(&cli.global, output, args).await,
         Command::Version(args) => version::exec(&settings, args).await,
+        Command::Service(args) if args.first().is_some_and(|w| w == "help") => {
+            // `micro help [COMMAND…]`, as in Micro: that command's help.
+            let argv = std::iter::once(OsString::from("micro"))
+                .chain(args.into_iter().skip(1))
+                .chain([OsString::from("--help")]);
+            match parse(argv) {
+                Ok(cli) => Box::pin(exec(cli)).await,
+                Err(e) => {
+                    e.print()?;
+                    let status = crate::exit::from_clap(e.kind());
+                    if status == crate::exit::ExitStatus::Success {
+                        Ok(())
+                    } else {
+                        Err(CliError::new(status, "").into())
+                    }
+                }
+            }
+        }
         Command::Service(args) => {
             // A typo of a built-in is reported here, offline, instead of asking the registry for a service.
             let word = args.first().and_then(|w| w.to_str()).unwrap_or_default();
