@@ -97,11 +97,9 @@ pub enum Command {
         micro call --timeout 30s -m trace=1 helloworld Helloworld.Call '{}'")]
     Call(call::Args),
     /// Call a streaming endpoint: one JSON document per response message.
-    #[command(
-        after_help = "Examples:\n  micro stream helloworld Helloworld.Stream '{\"name\": \"Jane\", \"count\": 3}'\n  \
-        micro stream -o raw helloworld Helloworld.Stream '{\"count\": 3}'\n  \
-        echo '{\"name\": \"a\"}' | micro stream echo Echo.Collect"
-    )]
+    #[command(after_help = "Examples:\n  micro stream helloworld Helloworld.Stream '{\"count\": 3}'\n  \
+        micro stream -o raw helloworld Helloworld.Stream '{\"count\": 3}' --jq .count\n  \
+        echo '{\"text\": \"a\"}' | micro stream echo Echo.Collect")]
     Stream(call::Args),
     /// Get a resource from the registry.
     Get(get::Args),
