@@ -116,7 +116,7 @@ fn run_a_rust_package_then_status_call_logs_and_kill() {
     let json = p.micro(["logs", "-o", "json", "-n", "2", "helloworld"]).ok();
     let docs = json.json_docs();
     assert_eq!(docs.len(), 2, "{}", json.snapshot());
-    assert!(docs[0]["Timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", json.snapshot());
+    assert!(docs[0]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", json.snapshot());
     let build = p.micro(["logs", "--build", "helloworld"]).ok();
     assert!(build.stdout.contains("Finished"), "{}", build.snapshot());
 
