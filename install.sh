@@ -6,6 +6,7 @@
 #   bash completion     → ${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion/completions/micro
 #   zsh completion      → ${XDG_DATA_HOME:-$HOME/.local/share}/zsh/site-functions/_micro
 #   fish completion     → ${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/micro.fish
+#   man pages           → ${PREFIX:-$HOME/.local}/share/man/man1/micro.1, micro-call.1, … (`man micro-call`)
 #
 # Then it warms micro's build cache: it builds a throwaway `micro new` service, so that the service library's
 # dependencies are compiled once for every service you will `micro run` (skip with --no-warm).
@@ -44,6 +45,7 @@ command -v cargo >/dev/null 2>&1 ||
 
 prefix="${PREFIX:-$HOME/.local}"
 bin_dir="$prefix/bin"
+man_dir="$prefix/share/man/man1"
 data_home="${XDG_DATA_HOME:-$HOME/.local/share}"
 config_home="${XDG_CONFIG_HOME:-$HOME/.config}"
 
@@ -108,6 +110,15 @@ install_completion bash micro.bash "$data_home/bash-completion/completions/micro
 install_completion zsh _micro "$data_home/zsh/site-functions/_micro"
 install_completion fish micro.fish "$config_home/fish/completions/micro.fish"
 
+# Man pages, one per command, generated from the installed binary's own command tree (`micro man`, hidden).
+"$bin_dir/micro" man --out "$split/man" 2>/dev/null || die "cannot generate the man pages"
+pages=0
+for page in "$split"/man/*.1; do
+    install_file "$page" "$man_dir/$(basename "$page")" 0644
+    pages=$((pages + 1))
+done
+say "installed $pages man pages: $man_dir (man micro, man micro-call, …)"
+
 # Warm the build cache: `micro run` and `micro update` build services with the release profile in micro's build
 # dir (~/.cache/micro/build, MICRO_BUILD_DIR), shared by every service. Building one throwaway service now
 # compiles the library's dependencies once, so the first `micro run` of a new service takes seconds, not minutes.
@@ -130,7 +141,8 @@ esac
 
 cat <<EOF
 
-Done. Completions load in new shells:
+Done. 'man micro' finds the pages when $bin_dir is on PATH (or add $prefix/share/man to MANPATH).
+Completions load in new shells:
   bash: automatically, if the bash-completion package is installed (or: source $data_home/bash-completion/completions/micro)
   zsh:  add 'fpath=($data_home/zsh/site-functions \$fpath)' before 'compinit' in ~/.zshrc
   fish: automatically

@@ -1,17 +1,19 @@
 //! Exit codes: one [`ExitStatus`] and the one place where errors map to it.
 //!
-//! The codes follow Micro's table (reference §1.5):
+//! The codes follow Micro's table (reference §1.5), with one code added for "not found" (6). The README's "Exit
+//! codes" table and `micro --help` show [`TABLE`]:
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success (also a closed stdout pipe: `micro services \| head -1`) |
-//! | 1 | a general failure: bad usage of a built-in command, an unknown command, a timed-out request |
+//! | 1 | a general failure: a timed-out request, an error a core service (store, config, auth, runtime…) answered a built-in command with, refusing to send a password or token in plaintext to a remote address |
 //! | 2 | not authorized |
 //! | 3 | a malformed method name |
-//! | 4 | the service is not found, or the micro server cannot be reached: nothing listens, something else (an HTTP server, the API gateway) answers, TLS and plaintext do not match, or its certificate does not verify |
-//! | 5 | the service has no such method |
+//! | 4 | the service is not in the registry, or the micro server cannot be reached: nothing listens, something else (an HTTP server, the API gateway) answers, TLS and plaintext do not match, or its certificate does not verify |
+//! | 5 | the service has no such endpoint |
+//! | 6 | not found: no such store record, config key, account, rule or service in the runtime |
 //! | 127 | the service answered with an error |
-//! | 128 | invalid input: an unknown or badly typed flag, bad JSON, an unknown env |
+//! | 128 | bad input, in every command: a usage error (a missing subcommand or argument, an unknown command, flag or value), bad JSON, an unknown env, a bad `--jq` expression |
 //!
 //! Refusing to send a password or token in plaintext to a non-loopback address (`Settings::check_secrets_may_go`)
 //! is a general failure, 1: nothing is wrong with the input, the env's address is not safe for secrets.
@@ -31,10 +33,12 @@ pub enum ExitStatus {
     Unauthorized,
     /// 3: a malformed method name.
     MalformedMethod,
-    /// 4: service not found, or the server is unreachable.
+    /// 4: the service is not in the registry, or the server is unreachable.
     NotFound,
     /// 5: no such method.
     UnknownMethod,
+    /// 6: the named record, key, account, rule or runtime service does not exist.
+    Missing,
     /// 127: the service answered with an error.
     ServiceError,
     /// 128: invalid input.
@@ -51,6 +55,7 @@ impl ExitStatus {
             ExitStatus::MalformedMethod => 3,
             ExitStatus::NotFound => 4,
             ExitStatus::UnknownMethod => 5,
+            ExitStatus::Missing => 6,
             ExitStatus::ServiceError => 127,
             ExitStatus::InvalidInput => 128,
         }
@@ -67,6 +72,7 @@ impl ExitStatus {
             ExitStatus::MalformedMethod,
             ExitStatus::NotFound,
             ExitStatus::UnknownMethod,
+            ExitStatus::Missing,
             ExitStatus::ServiceError,
             ExitStatus::InvalidInput,
         ]
@@ -74,6 +80,19 @@ impl ExitStatus {
         .find(|s| s.code() == code)
     }
 }
+
+/// The exit-code table, as `micro --help` shows it (the README's "Exit codes" table says the same).
+pub const TABLE: &str = "\
+Exit codes:
+    0  success (also when stdout is a closed pipe: micro services | head -1)
+    1  a general failure: a timed-out request, an error a core service answered with
+    2  not authorized
+    3  a malformed method name
+    4  the service is not in the registry, or the micro server cannot be reached
+    5  the service has no such endpoint
+    6  not found: no such store record, config key, account, rule or runtime service
+  127  the service answered with an error
+  128  bad input: a usage error, an unknown command or flag, bad JSON, an unknown env";
 
 impl From<ExitStatus> for std::process::ExitCode {
     fn from(s: ExitStatus) -> Self {
@@ -105,6 +124,21 @@ impl CliError {
     /// A general failure (exit 1).
     pub fn failure(message: impl Into<String>) -> Self {
         Self::new(ExitStatus::Failure, message)
+    }
+
+    /// Something named does not exist (exit 6).
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self::new(ExitStatus::Missing, message)
+    }
+}
+
+/// The status of a command line clap refused: help and version asked for are success, every other error (an
+/// unknown or missing subcommand, argument or flag, a value that does not parse) is bad input.
+pub fn from_clap(kind: clap::error::ErrorKind) -> ExitStatus {
+    use clap::error::ErrorKind;
+    match kind {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitStatus::Success,
+        _ => ExitStatus::InvalidInput,
     }
 }
 
@@ -171,13 +205,36 @@ pub fn from_status(status: &tonic::Status, ctx: &RpcContext) -> CliError {
     }
 }
 
+/// Maps the error a core service (store, config, auth, runtime, broker, events) answered a built-in command with.
+///
+/// Connection, authorization and registry failures map as in [`from_status`]. An error the service answered with
+/// is mapped by its gRPC code, never by its text: `NOT_FOUND` is not found (6), `INVALID_ARGUMENT` and
+/// `OUT_OF_RANGE` bad input (128), anything else a general failure (1, as Micro); the message is the service's,
+/// after `prefix: ` when a prefix is given (Micro's `Error creating account: …`).
+pub fn from_core_status(status: &tonic::Status, ctx: &RpcContext, prefix: &str) -> CliError {
+    let e = from_status(status, ctx);
+    if e.status != ExitStatus::ServiceError {
+        return e;
+    }
+    let message = if prefix.is_empty() { e.message } else { format!("{prefix}: {}", e.message) };
+    match status.code() {
+        Code::NotFound => CliError::missing(message),
+        Code::InvalidArgument | Code::OutOfRange => CliError::input(message),
+        _ => CliError::failure(message),
+    }
+}
+
 /// The status and message of any error that reaches `main`.
 pub fn classify(err: &anyhow::Error) -> (ExitStatus, String) {
     for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::BrokenPipe
-        {
-            return (ExitStatus::Success, String::new());
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return (ExitStatus::Success, String::new());
+            }
+            // The printer reports a `--jq` error on the data as an I/O error around the CLI's error.
+            if let Some(e) = io.get_ref().and_then(|e| e.downcast_ref::<CliError>()) {
+                return (e.status, e.message.clone());
+            }
         }
     }
     if let Some(e) = err.downcast_ref::<CliError>() {
@@ -221,6 +278,44 @@ mod tests {
         for (status, code, msg) in cases {
             let e = from_status(&status, &ctx());
             assert_eq!((e.status.code(), e.message.as_str()), (code, msg), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn core_services_map_by_code() {
+        let map = |s: tonic::Status| {
+            let e = from_core_status(&s, &ctx(), "Error");
+            (e.status.code(), e.message)
+        };
+        assert_eq!(map(tonic::Status::not_found("Account not found")), (6, "Error: Account not found".into()));
+        assert_eq!(map(tonic::Status::invalid_argument("ID required")), (128, "Error: ID required".into()));
+        assert_eq!(map(tonic::Status::already_exists("exists")), (1, "Error: exists".into()));
+        // The proxy's own answers keep their codes.
+        assert_eq!(map(tonic::Status::not_found("service \"x\" not found")).0, 4);
+        assert_eq!(map(tonic::Status::unauthenticated("no")).0, 2);
+    }
+
+    #[test]
+    fn clap_errors_are_bad_input_except_help() {
+        use clap::error::ErrorKind;
+        assert_eq!(from_clap(ErrorKind::DisplayHelp), ExitStatus::Success);
+        assert_eq!(from_clap(ErrorKind::DisplayVersion), ExitStatus::Success);
+        for kind in [
+            ErrorKind::InvalidValue,
+            ErrorKind::UnknownArgument,
+            ErrorKind::InvalidSubcommand,
+            ErrorKind::MissingSubcommand,
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            ErrorKind::MissingRequiredArgument,
+            ErrorKind::ValueValidation,
+        ] {
+            assert_eq!(from_clap(kind), ExitStatus::InvalidInput, "{kind:?}");
+        }
+        for code in 0..=255u8 {
+            if let Some(status) = ExitStatus::from_code(code) {
+                assert_eq!(status.code(), code);
+                assert!(TABLE.contains(&format!("{code:>5}  ")), "the table lacks {code}");
+            }
         }
     }
 

@@ -1,8 +1,7 @@
 //! The `micro` binary: completion, parse, run, and map the outcome to an exit code. Everything else is in the
 //! library.
 
-use clap::Parser;
-use micro_cli::cli::{self, Cli};
+use micro_cli::cli;
 use micro_cli::exit::{self, ExitStatus};
 use std::process::ExitCode;
 
@@ -13,18 +12,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     clap_complete::CompleteEnv::with_factory(cli::completion::completion_command).complete();
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
+            // Help and version asked for go to stdout (exit 0); a usage error to stderr, as bad input (128).
             let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitStatus::Success.into(),
-                _ => ExitStatus::Failure.into(),
-            };
+            return exit::from_clap(e.kind()).into();
         }
     };
+    if cli.command.is_none() {
+        // `micro` alone: the help, on stderr, and the bad-input code (as Micro).
+        eprint!("{}", cli::no_command_help());
+        return ExitStatus::InvalidInput.into();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -242,8 +242,9 @@ pub struct Settings {
     pub plaintext_allowed: bool,
 }
 
-/// What the user passed that bears on settings.
+/// What the user passed that bears on settings: the global options, under their own heading in every help.
 #[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = crate::cli::GLOBAL)]
 pub struct GlobalArgs {
     /// The env to use for this command (see `micro env`).
     #[arg(short = 'e', long = "env", global = true, env = env::MICRO_ENV, value_name = "NAME")]
@@ -251,18 +252,20 @@ pub struct GlobalArgs {
     /// The namespace to use.
     #[arg(long, global = true, env = env::MICRO_NAMESPACE, value_name = "NS")]
     pub namespace: Option<String>,
-    /// Proxy address to use instead of the env's: `host:port` (plaintext) or `https://host:port` (TLS).
+    /// The proxy address to use instead of the env's.
+    ///
+    /// `host:port` (plaintext) or `https://host:port` (TLS).
     #[arg(long, global = true, env = env::MICRO_PROXY, value_name = "HOST:PORT", hide_env_values = true)]
     pub proxy: Option<String>,
     /// A CA certificate (PEM file) to trust for an https:// proxy, besides the system's roots; with `env add`, stored
     /// with the env.
-    #[arg(long, global = true, env = env::MICRO_CA_CERT, value_name = "FILE", hide_env_values = true)]
+    #[arg(long, global = true, env = env::MICRO_CA_CERT, value_name = "FILE", hide_env_values = true, hide_short_help = true)]
     pub ca_cert: Option<PathBuf>,
     /// A client certificate (PEM file) for a proxy that requires one (mTLS); with `env add`, stored with the env.
-    #[arg(long, global = true, env = env::MICRO_CLIENT_CERT, value_name = "FILE", hide_env_values = true)]
+    #[arg(long, global = true, env = env::MICRO_CLIENT_CERT, value_name = "FILE", hide_env_values = true, hide_short_help = true)]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM file) of --client-cert; with `env add`, stored with the env.
-    #[arg(long, global = true, env = env::MICRO_CLIENT_KEY, value_name = "FILE", hide_env_values = true)]
+    #[arg(long, global = true, env = env::MICRO_CLIENT_KEY, value_name = "FILE", hide_env_values = true, hide_short_help = true)]
     pub client_key: Option<PathBuf>,
     /// Accept any certificate from an https:// proxy. Insecure: anyone on the network path can pose as the server.
     #[arg(
@@ -270,7 +273,8 @@ pub struct GlobalArgs {
         global = true,
         env = env::MICRO_INSECURE_SKIP_VERIFY,
         value_parser = clap::builder::FalseyValueParser::new(),
-        hide_env_values = true
+        hide_env_values = true,
+        hide_short_help = true
     )]
     pub insecure_skip_verify: bool,
 }

@@ -1,11 +1,12 @@
 //! `micro auth`: accounts and access rules of a namespace — list, create, delete, and change an account's secret.
 //!
 //! Every subcommand acts in the current namespace (`--namespace` to pick another) with the logged-in account's
-//! token, and follows Micro's messages (`Rule created`, `Account created: {…}`, `Invalid access: …`). Rules are
-//! listed by priority, highest first, then by id.
+//! token, and follows Micro's messages (`Rule created`, `Account created: {…}`, `Invalid access: …`); with `-o json`
+//! each prints JSON instead (the account, the rule, `{"id","deleted"}`). Rules are listed by priority, highest
+//! first, then by id. A missing subcommand, argument or bad value is bad input (128); no such account or rule 6.
 
 use super::output::Printer;
-use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
+use crate::exit::{CliError, RpcContext, from_core_status};
 use crate::settings::{Output, Settings};
 use clap::Subcommand;
 use micro_core::proto::auth::{
@@ -16,6 +17,10 @@ use serde_json::{Value, json};
 
 /// Arguments of `micro auth`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro auth list accounts\n  \
+    micro auth create account alice --secret s3cret --scopes admin\n  \
+    micro auth create rule public-hello --resource 'service:helloworld:*'\n  \
+    micro auth list rules -o json --jq '.[].id'")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
@@ -154,7 +159,7 @@ pub fn parse_resource(text: &str) -> Result<Resource, CliError> {
         [kind, name, endpoint] if !kind.is_empty() && !name.is_empty() && !endpoint.is_empty() => {
             Ok(Resource { r#type: kind.to_string(), name: name.to_string(), endpoint: endpoint.to_string() })
         }
-        _ => Err(CliError::failure("Invalid resource, must be in the format type:name:endpoint")),
+        _ => Err(CliError::input("Invalid resource, must be in the format type:name:endpoint")),
     }
 }
 
@@ -163,7 +168,7 @@ pub fn parse_access(text: &str) -> Result<Access, CliError> {
     match text.to_ascii_lowercase().as_str() {
         "granted" => Ok(Access::Granted),
         "denied" => Ok(Access::Denied),
-        _ => Err(CliError::failure(format!("Invalid access: {text}, must be granted or denied"))),
+        _ => Err(CliError::input(format!("Invalid access: {text}, must be granted or denied"))),
     }
 }
 
@@ -219,21 +224,18 @@ fn metadata_text(account: &Account) -> String {
 /// One ID argument: Micro's messages when there is none or more than one.
 fn one_id(mut ids: Vec<String>, none: &str, many: &str) -> Result<String, CliError> {
     match ids.len() {
-        0 => Err(CliError::failure(none)),
+        0 => Err(CliError::input(none)),
         1 if !ids[0].is_empty() => Ok(ids.remove(0)),
-        1 => Err(CliError::failure(none)),
-        _ => Err(CliError::failure(many)),
+        1 => Err(CliError::input(none)),
+        _ => Err(CliError::input(many)),
     }
 }
 
 /// Maps an RPC error: auth and connection errors as everywhere; an error the auth service answered with is
-/// `<prefix>: <detail>`, exit 1, as Micro.
+/// `<prefix>: <detail>` as in Micro, with the exit code of its gRPC code ([`from_core_status`]: no such account
+/// or rule is 6, a refused value 128, anything else 1).
 fn rpc_error(settings: &Settings, status: &tonic::Status, endpoint: &str, prefix: &str) -> CliError {
-    let e = from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() });
-    match e.status {
-        ExitStatus::ServiceError => CliError::failure(format!("{prefix}: {}", e.message)),
-        _ => e,
-    }
+    from_core_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() }, prefix)
 }
 
 /// Runs `micro auth`.
@@ -336,35 +338,43 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                 access: access as i32,
                 priority: r.priority,
             };
+            let rule_copy = rule.clone();
             let req = conn.request(CreateRequest { rule: Some(rule), options: options() });
             conn.rules().create(req).await.map_err(|s| rpc_error(settings, &s, "Rules.Create", "Error"))?;
-            printer.line("Rule created")?;
+            match printer.format() {
+                Output::Table => printer.line("Rule created")?,
+                _ => printer.json(&rule_json(&rule_copy))?,
+            }
         }
         AuthCommand::Delete(DeleteCommand::Account { ids }) => {
             let id = one_id(ids, "Missing argument: ID", "Too many arguments, expected one argument: ID")?;
             let conn = settings.connect_authed().await?;
-            let req = conn.request(DeleteAccountRequest { id, options: options() });
+            let req = conn.request(DeleteAccountRequest { id: id.clone(), options: options() });
             conn.accounts()
                 .delete(req)
                 .await
                 .map_err(|s| rpc_error(settings, &s, "Accounts.Delete", "Error deleting account"))?;
+            if printer.format() != Output::Table {
+                printer.json(&json!({ "id": id, "deleted": true }))?;
+            }
         }
         AuthCommand::Delete(DeleteCommand::Rule { ids }) => {
             let id = one_id(ids, "Expected one argument: ID", "Expected one argument: ID")?;
             let conn = settings.connect_authed().await?;
-            let req = conn.request(DeleteRequest { id, options: options() });
+            let req = conn.request(DeleteRequest { id: id.clone(), options: options() });
             conn.rules().delete(req).await.map_err(|s| rpc_error(settings, &s, "Rules.Delete", "Error"))?;
-            printer.line("Rule deleted")?;
+            match printer.format() {
+                Output::Table => printer.line("Rule deleted")?,
+                _ => printer.json(&json!({ "id": id, "deleted": true }))?,
+            }
         }
         AuthCommand::Update(UpdateCommand::Secret(u)) => {
             let id = one_id(u.ids, "Missing argument: ID", "Too many arguments, expected one argument: ID")?;
-            let new_secret = u
-                .new_secret
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| CliError::failure("Missing flag: --new-secret"))?;
+            let new_secret =
+                u.new_secret.filter(|s| !s.is_empty()).ok_or_else(|| CliError::input("Missing flag: --new-secret"))?;
             let conn = settings.connect_authed().await?;
             let req = conn.request(ChangeSecretRequest {
-                id,
+                id: id.clone(),
                 old_secret: u.old_secret.unwrap_or_default(),
                 new_secret,
                 options: options(),
@@ -377,7 +387,10 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                     rpc_error(settings, &s, "Accounts.ChangeSecret", "Error updating account")
                 }
             })?;
-            printer.line("Account updated")?;
+            match printer.format() {
+                Output::Table => printer.line("Account updated")?,
+                _ => printer.json(&json!({ "id": id, "updated": true }))?,
+            }
         }
     }
     Ok(())
@@ -412,7 +425,7 @@ mod tests {
         for bad in ["", "service", "service:helloworld", "a:b:c:d", "service::x", ":a:b", "a:b:"] {
             let e = parse_resource(bad).unwrap_err();
             assert_eq!(e.message, "Invalid resource, must be in the format type:name:endpoint", "{bad}");
-            assert_eq!(e.status, ExitStatus::Failure);
+            assert_eq!(e.status, crate::exit::ExitStatus::InvalidInput);
         }
     }
 

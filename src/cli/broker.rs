@@ -13,8 +13,9 @@
 //! namespace (`--namespace`), and delivery is at most once: a subscriber sees what is published while it listens.
 
 use super::call::parse_metadata;
-use crate::exit::{CliError, RpcContext, from_status};
-use crate::settings::Settings;
+use super::output::Printer;
+use crate::exit::{CliError, RpcContext, from_core_status};
+use crate::settings::{Output, Settings};
 use base64::Engine;
 use clap::Subcommand;
 use futures::FutureExt;
@@ -26,6 +27,9 @@ use std::io::{BufRead, Write};
 
 /// Arguments of `micro broker`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro broker publish greetings hello\n  \
+    tail -f app.log | micro broker publish logs -\n  \
+    micro broker subscribe greetings --jq .body")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
@@ -70,11 +74,12 @@ pub struct SubscribeArgs {
 }
 
 fn topic(topic: Option<String>) -> Result<String, CliError> {
-    topic.filter(|t| !t.is_empty()).ok_or_else(|| CliError::failure("Missing topic"))
+    topic.filter(|t| !t.is_empty()).ok_or_else(|| CliError::input("Missing topic"))
 }
 
+/// Maps an RPC error as every built-in does ([`from_core_status`]): a refused value is bad input (128).
 fn rpc_error(settings: &Settings, status: &tonic::Status, endpoint: &str) -> CliError {
-    from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() })
+    from_core_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() }, "")
 }
 
 fn too_large(len: usize) -> CliError {
@@ -105,7 +110,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
 async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
     let topic = topic(args.topic)?;
     let message = args.message.ok_or_else(|| {
-        CliError::failure("Missing message: give it as an argument, or `-` to publish each line of stdin")
+        CliError::input("Missing message: give it as an argument, or `-` to publish each line of stdin")
     })?;
     let header: HashMap<String, String> = parse_metadata(&args.header)?.into_iter().collect();
     let conn = settings.connect_authed().await?;
@@ -188,6 +193,7 @@ async fn subscribe(settings: &Settings, args: SubscribeArgs) -> anyhow::Result<(
     }
     let stop = micro::shutdown_signal();
     tokio::pin!(stop);
+    let printer = Printer::new(settings.output, Output::Json);
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let mut received = 0u64;
     loop {
@@ -204,8 +210,7 @@ async fn subscribe(settings: &Settings, args: SubscribeArgs) -> anyhow::Result<(
         };
         match next {
             Ok(Some(message)) => {
-                serde_json::to_writer(&mut out, &message_json(&topic, &message))?;
-                out.write_all(b"\n")?;
+                printer.json_line(&mut out, &message_json(&topic, &message))?;
                 received += 1;
                 if args.count.is_some_and(|n| received >= n) {
                     break;

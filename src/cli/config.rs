@@ -4,11 +4,11 @@
 //! when it is valid JSON (`42`, `true`, `{"a":1}`, `"x"`) and stores it as a string otherwise, and prints
 //! nothing; setting an object merges it leaf by leaf, setting anything else replaces the subtree. `get KEY` prints
 //! a string without quotes and anything else as compact JSON with sorted keys; secret leaves (`set --secret`)
-//! print as `[secret]` unless `get --secret`. A missing key is `Not found` (exit 1); a blank key is
-//! `key cannot be blank` (exit 1); `-o json` prints the value as a JSON document. Dot paths (`key.subkey`) address nested values. Reading needs an account of
+//! print as `[secret]` unless `get --secret`. A missing key is `Not found` (exit 6); a blank key is
+//! `key cannot be blank` (exit 128); `-o json` prints the value as a JSON document. Dot paths (`key.subkey`) address nested values. Reading needs an account of
 //! the namespace; changing it and reading secrets need an administrator.
 
-use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
+use crate::exit::{CliError, RpcContext, from_core_status};
 use crate::settings::Settings;
 use clap::Subcommand;
 use micro_core::proto::config::{
@@ -18,6 +18,10 @@ use serde_json::Value;
 
 /// Arguments of `micro config`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro config set db.host 10.0.0.5\n  \
+    micro config get db\n  \
+    micro config set --secret db.password s3cret\n  \
+    micro config del db.host")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
@@ -40,7 +44,7 @@ pub enum ConfigCommand {
     #[command(allow_negative_numbers = true)]
     Set {
         /// The key, then the value (words are joined with spaces).
-        #[arg(value_name = "KEY VALUE")]
+        #[arg(value_name = "KEY VALUE", required = true)]
         args: Vec<String>,
         /// Encrypt the value at rest; it reads back as `[secret]` unless `get --secret`.
         #[arg(short, long)]
@@ -74,20 +78,16 @@ pub fn display(data: &str) -> String {
 }
 
 fn key_of(key: Option<&str>) -> Result<String, CliError> {
-    key.filter(|k| !k.trim().is_empty()).map(str::to_string).ok_or_else(|| CliError::failure("key cannot be blank"))
+    key.filter(|k| !k.trim().is_empty()).map(str::to_string).ok_or_else(|| CliError::input("key cannot be blank"))
 }
 
-/// Maps an RPC error: `not found` is `Not found` (exit 1); auth and connection errors as everywhere; other errors
-/// the service answered are their message, exit 1.
+/// Maps an RPC error: `not found` is Micro's `Not found` (exit 6); auth and connection errors as everywhere; other
+/// errors of the config service are its message, exit 128 for a refused value (a bad path), else 1.
 fn rpc_error(settings: &Settings, status: &tonic::Status, endpoint: &str) -> CliError {
     if status.code() == tonic::Code::NotFound && crate::exit::detail(status.message()) == "not found" {
-        return CliError::failure("Not found");
+        return CliError::missing("Not found");
     }
-    let e = from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() });
-    match e.status {
-        ExitStatus::ServiceError => CliError::failure(e.message),
-        _ => e,
-    }
+    from_core_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() }, "")
 }
 
 /// Runs `micro config`.
@@ -110,7 +110,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                 .value
                 .unwrap_or_default();
             if value.data.is_empty() || value.data == "null" {
-                return Err(CliError::failure("Not found").into());
+                return Err(CliError::missing("Not found").into());
             }
             match (printer.format(), serde_json::from_str::<Value>(&value.data)) {
                 (crate::settings::Output::Table, _) | (_, Err(_)) => printer.line(display(&value.data))?,
@@ -118,16 +118,9 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
             }
         }
         ConfigCommand::Set { args, secret } => {
-            if args.is_empty() {
-                // No arguments: the command's help, as Micro (exit 0).
-                if let Err(help) = <super::Cli as clap::Parser>::try_parse_from(["micro", "config", "set", "--help"]) {
-                    printer.message(help.render().to_string().trim_end());
-                }
-                return Ok(());
-            }
             let path = key_of(args.first().map(String::as_str))?;
             if args.len() < 2 {
-                return Err(CliError::failure("Value arg is required: micro config set KEY VALUE").into());
+                return Err(CliError::input("Value arg is required: micro config set KEY VALUE").into());
             }
             let data = value_json(&args[1..].join(" "));
             let conn = settings.connect_authed().await?;

@@ -106,9 +106,14 @@ pub fn find_endpoint(service: &Service, schema: Option<&Schema>, endpoint: &str)
     let method = found.and_then(|e| schema::find_method(&schema.pool, &e.method));
     method.ok_or_else(|| {
         let names: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
+        let hint = super::suggest::did_you_mean(endpoint, names.iter().copied());
         CliError::new(
             ExitStatus::UnknownMethod,
-            format!("Endpoint {endpoint} not found for service {}. Endpoints: {}", service.name, names.join(", ")),
+            format!(
+                "Endpoint {endpoint} not found for service {}. Endpoints: {}{hint}",
+                service.name,
+                names.join(", ")
+            ),
         )
     })
 }
@@ -177,11 +182,11 @@ fn word_command(word: &str, original: &str) -> Command {
 /// The flags of the root command that reach every subcommand (global flags); under the root, fields with these
 /// names get no flag.
 const ROOT_GLOBALS: &[&str] =
-    &["env", "namespace", "proxy", "output", "ca-cert", "client-cert", "client-key", "insecure-skip-verify"];
+    &["env", "namespace", "proxy", "output", "jq", "ca-cert", "client-cert", "client-key", "insecure-skip-verify"];
 
 /// The call options of an endpoint command, besides the request's fields. A request field keeps its flag name; an
 /// option whose name a field takes becomes `--call-NAME` (and is left out if that is taken too).
-const CALL_OPTIONS: &[&str] = &["output", "timeout", "header", "print"];
+const CALL_OPTIONS: &[&str] = &["output", "jq", "timeout", "header", "print"];
 
 /// The id of the REQUEST argument of an endpoint command.
 const REQUEST_ID: &str = "micro::request";
@@ -248,8 +253,8 @@ pub fn endpoint_command(word: &str, method: &MethodDescriptor, under_root: bool)
     add_flags(&mut fields, &method.input(), &mut Vec::new(), &mut used, 0);
     let mut moved = Vec::new();
     for name in CALL_OPTIONS {
-        // Under the root (completion), the root's own --output reaches every subcommand.
-        if under_root && *name == "output" {
+        // Under the root (completion), the root's own --output and --jq reach every subcommand.
+        if under_root && (*name == "output" || *name == "jq") {
             continue;
         }
         let Some(long) = [name.to_string(), format!("call-{name}")].into_iter().find(|l| !used.contains(l)) else {
@@ -293,6 +298,7 @@ fn call_option(name: &str, long: String) -> Arg {
             .value_name("DURATION")
             .value_parser(super::call::parse_timeout)
             .help("Deadline of the call, e.g. 500ms or 5s (unary calls default to 10s; streams to none)"),
+        "jq" => arg.value_name("EXPR").help("Select from the JSON output with a jq expression (strings print raw)"),
         "header" => arg
             .short('H')
             .value_name("KEY:VALUE")
@@ -623,10 +629,7 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
     let (service, schema) = match resolve(settings, &conn, &name, wants_help).await {
         Ok(found) => found,
         Err(e) if e.status == ExitStatus::NotFound && e.message.starts_with("Service \"") => {
-            return Err(CliError::failure(format!(
-                "Unrecognized micro command: {name}. Please refer to 'micro --help'"
-            ))
-            .into());
+            return Err(super::suggest::unknown_service(settings, &conn, &name).await.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -688,7 +691,11 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
             }
         },
     };
-    let output = leaf.try_get_one::<Output>("micro::output").ok().flatten().copied().or(settings.output);
+    let mut output = leaf.try_get_one::<Output>("micro::output").ok().flatten().copied().or(settings.output);
+    if let Some(expression) = leaf.try_get_one::<String>("micro::jq").ok().flatten() {
+        super::output::set_jq(expression)?;
+        output = Some(if output == Some(Output::Raw) { Output::Raw } else { Output::Json });
+    }
     let headers: Vec<String> =
         leaf.try_get_many::<String>("micro::header").ok().flatten().map(|v| v.cloned().collect()).unwrap_or_default();
     let invocation = Invocation {
@@ -732,14 +739,21 @@ fn clap_error(e: clap::Error, cmd: &Command, argv: &[String]) -> CliError {
                 .filter(|f| f != "--help")
                 .collect();
             let valid = if flags.is_empty() { "none".to_string() } else { flags.join(", ") };
-            CliError::input(format!("Unknown flag {flag} for `micro {}`. Valid flags: {valid}", path.join(" ")))
+            let name = flag.split('=').next().unwrap_or(&flag);
+            let hint = super::suggest::did_you_mean(name, flags.iter().map(String::as_str));
+            CliError::input(format!("Unknown flag {flag} for `micro {}`. Valid flags: {valid}{hint}", path.join(" ")))
         }
         ErrorKind::InvalidSubcommand => {
             let word = e.get(clap::error::ContextKind::InvalidSubcommand).map(|v| v.to_string()).unwrap_or_default();
             let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+            let hint = super::suggest::did_you_mean(&word, names.iter().copied());
             CliError::new(
                 ExitStatus::UnknownMethod,
-                format!("Endpoint {word} not found for service {}. Endpoints: {}", cmd.get_name(), names.join(", ")),
+                format!(
+                    "Endpoint {word} not found for service {}. Endpoints: {}{hint}",
+                    cmd.get_name(),
+                    names.join(", ")
+                ),
             )
         }
         _ => {

@@ -11,6 +11,10 @@ use micro_client::tls::{ClientTls, Target};
 
 /// Arguments of `micro env`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro env\n  \
+    micro env add prod https://micro.example.com:8443 --ca-cert ca.pem\n  \
+    micro env set prod\n  \
+    micro -e prod services")]
 pub struct Args {
     /// What to do; lists the envs when absent.
     #[command(subcommand)]
@@ -92,6 +96,16 @@ fn missing(name: &str) -> CliError {
     CliError::input(format!("Environment '{name}' does not exist"))
 }
 
+/// An env as `-o json` prints it (`micro env`, `micro env get`).
+fn env_json(name: &str, e: &EnvEntry, settings: &Settings) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "proxy_address": e.proxy_address,
+        "description": e.description, "current": name == settings.env,
+        "security": e.security(), "ca_cert": e.ca_cert.is_some(),
+        "client_cert": e.client_cert.is_some(), "plaintext": e.plaintext,
+    })
+}
+
 /// Runs `micro env`.
 pub fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     let dirs = &settings.dirs;
@@ -108,19 +122,16 @@ pub fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                 })
                 .collect();
             printer.table(&["  ENV", "PROXY", "SECURITY", "DESCRIPTION"], &rows, || {
-                serde_json::json!(
-                    envs.iter()
-                        .map(|(name, e)| serde_json::json!({
-                            "name": name, "proxy_address": e.proxy_address,
-                            "description": e.description, "current": *name == settings.env,
-                            "security": e.security(), "ca_cert": e.ca_cert.is_some(),
-                            "client_cert": e.client_cert.is_some(), "plaintext": e.plaintext,
-                        }))
-                        .collect::<Vec<_>>()
-                )
+                serde_json::json!(envs.iter().map(|(name, e)| env_json(name, e, settings)).collect::<Vec<_>>())
             })?;
         }
-        EnvCommand::Get => printer.line(&settings.env)?,
+        EnvCommand::Get => match printer.format() {
+            crate::settings::Output::Table => printer.line(&settings.env)?,
+            _ => {
+                let entry = config.all_envs().remove(&settings.env).unwrap_or_default();
+                printer.json(&env_json(&settings.env, &entry, settings))?
+            }
+        },
         EnvCommand::Set { name } => {
             if !config.all_envs().contains_key(&name) {
                 return Err(missing(&name).into());

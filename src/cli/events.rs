@@ -14,7 +14,7 @@
 
 use super::call::parse_metadata;
 use super::output::Printer;
-use crate::exit::{CliError, RpcContext, from_status};
+use crate::exit::{CliError, RpcContext, from_core_status};
 use crate::settings::{Output, Settings};
 use base64::Engine;
 use clap::Subcommand;
@@ -31,6 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Arguments of `micro events`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro events publish orders '{\"id\": 1}'\n  \
+    micro events consume orders --group billing\n  \
+    micro events read orders --limit 10 --jq '.[].payload'")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
@@ -149,11 +152,12 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 }
 
 fn topic(topic: Option<String>) -> Result<String, CliError> {
-    topic.filter(|t| !t.is_empty()).ok_or_else(|| CliError::failure("Missing topic"))
+    topic.filter(|t| !t.is_empty()).ok_or_else(|| CliError::input("Missing topic"))
 }
 
+/// Maps an RPC error as every built-in does ([`from_core_status`]): a refused value is bad input (128).
 fn rpc_error(settings: &Settings, status: &tonic::Status, endpoint: &str) -> CliError {
-    from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() })
+    from_core_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() }, "")
 }
 
 fn rfc3339(nanos: i64) -> String {
@@ -288,6 +292,7 @@ async fn consume(settings: &Settings, args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let stop = micro::shutdown_signal();
     tokio::pin!(stop);
+    let printer = Printer::new(settings.output, Output::Json);
     let mut out = std::io::stdout();
     let mut printed = 0u64;
     loop {
@@ -298,8 +303,8 @@ async fn consume(settings: &Settings, args: ConsumeArgs) -> anyhow::Result<()> {
         match next {
             Ok(Some(event)) => {
                 // Printed (and flushed) before it is acknowledged: an event is never lost between the two.
-                let mut line = serde_json::to_vec(&event_json(&event))?;
-                line.push(b'\n');
+                let mut line = Vec::new();
+                printer.json_line(&mut line, &event_json(&event))?;
                 out.write_all(&line)?;
                 out.flush()?;
                 if !args.auto_ack {

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 
 /// Arguments of `micro get`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro get service helloworld\n  \
+    micro get service helloworld -o json --jq '.[].nodes[].address'")]
 pub struct Args {
     /// What to get.
     #[command(subcommand)]

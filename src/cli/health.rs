@@ -8,6 +8,8 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 /// Arguments of `micro health`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro health helloworld\n  \
+    micro health helloworld -o json --jq '.[] | select(.status != \"ok\")'")]
 pub struct Args {
     /// The service name.
     pub name: String,

@@ -10,6 +10,9 @@ use micro_core::proto::runtime::{DeleteOptions, DeleteRequest, Service};
 
 /// Flags of `micro kill`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro kill greeter\n  \
+    micro kill greeter@v2\n  \
+    micro kill .")]
 pub struct Args {
     /// The service: NAME or NAME@VERSION, or `.` for the one named like the current directory.
     #[arg(value_name = "NAME")]

@@ -15,6 +15,9 @@ use std::io::BufRead;
 
 /// Flags of `micro login`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro login\n  \
+    micro login --username admin --password-stdin <<< \"$PASSWORD\"\n  \
+    micro -e prod login --username alice")]
 pub struct Args {
     /// The account's id or name; prompted for on a terminal.
     #[arg(long, visible_alias = "email", env = env::MICRO_USERNAME, value_name = "ID")]
@@ -128,7 +131,16 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     }
 
     log_in(settings, username, password).await?;
-    Printer::new(settings.output, Output::Table).line("Successfully logged in.")?;
+    let printer = Printer::new(settings.output, Output::Table);
+    match printer.format() {
+        Output::Table => printer.line("Successfully logged in.")?,
+        _ => {
+            let account = settings.stored_token()?.map(|(_, token)| token.account_id);
+            printer.json(&serde_json::json!({
+                "account": account, "env": settings.env, "namespace": settings.namespace,
+            }))?
+        }
+    }
     Ok(())
 }
 

@@ -13,6 +13,8 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Flags of `micro logout`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro logout\n  \
+    micro -e prod logout")]
 pub struct Args {}
 
 /// Runs `micro logout`.

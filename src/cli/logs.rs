@@ -2,10 +2,11 @@
 //!
 //! Prints the last lines a service wrote (15 by default, `-n` for more), each as its text; `-f` then follows new
 //! lines until Ctrl-C or until the service is killed. `--since 10m` (or an RFC 3339 time) gives every line since
-//! then. `-o json` prints one JSON document per line (`{"Timestamp","Message","Metadata"}`). `micro logs server`
+//! then. `-o json` prints one JSON document per line (`{"timestamp","message","metadata"}`). `micro logs server`
 //! is the server's own log, and `micro logs registry` (any core service) its lines of that service. `--build` shows
 //! the output of the service's latest deployment (cargo's) instead.
 
+use super::output::Printer;
 use super::run::{client, runtime_error, split_version};
 use crate::exit::CliError;
 use crate::settings::{Output, Settings};
@@ -15,6 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Flags of `micro logs`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro logs greeter\n  \
+    micro logs -f -n 100 greeter\n  \
+    micro logs --since 10m server\n  \
+    micro logs greeter -o json --jq .message")]
 pub struct Args {
     /// The service (NAME or NAME@VERSION), or `server` for the server's own log.
     #[arg(value_name = "NAME")]
@@ -46,14 +51,14 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, CliError> {
     Ok(at.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0).max(1))
 }
 
-fn print(out: &mut impl Write, format: Output, record: &LogRecord) -> std::io::Result<()> {
-    match format {
+fn print(out: &mut impl Write, printer: &Printer, record: &LogRecord) -> std::io::Result<()> {
+    match printer.format() {
         Output::Table => writeln!(out, "{}", record.message)?,
         _ => {
             let metadata: std::collections::BTreeMap<&String, &String> = record.metadata.iter().collect();
             let time = record.metadata.get("time").cloned().unwrap_or_default();
-            let doc = serde_json::json!({"Timestamp": time, "Message": record.message, "Metadata": metadata});
-            writeln!(out, "{doc}")?;
+            let doc = serde_json::json!({"timestamp": time, "message": record.message, "metadata": metadata});
+            printer.json_line(out, &doc)?;
         }
     }
     out.flush()
@@ -85,7 +90,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     };
     let mut stream =
         client.logs(conn.request(req)).await.map_err(|s| runtime_error(settings, &s, "Runtime.Logs"))?.into_inner();
-    let format = settings.output.unwrap_or(Output::Table);
+    let printer = Printer::new(settings.output, Output::Table);
     let mut out = std::io::stdout().lock();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -96,7 +101,7 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
                     if args.build && record.metadata.get("stage").is_some_and(|s| s == "done") && record.message.is_empty() {
                         continue;
                     }
-                    print(&mut out, format, &record)?
+                    print(&mut out, &printer, &record)?
                 }
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(runtime_error(settings, &s, "Runtime.Logs").into()),

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// Flags of `micro new`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro new greeter\n  \
+    micro new services/foo-bar --build\n  \
+    micro new greeter && micro run ./greeter")]
 pub struct Args {
     /// The directory to create; its last component is the service's name (lower case letters, digits, `-` and
     /// `_`, starting with a letter), e.g. `greeter` or `services/foo-bar`.

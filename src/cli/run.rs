@@ -9,7 +9,7 @@
 //! service).
 
 use super::output::Printer;
-use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
+use crate::exit::{CliError, RpcContext};
 use crate::settings::{Output, Settings};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use micro_core::proto::runtime::{
@@ -80,6 +80,9 @@ pub struct Args {
 
 /// Flags of `micro update`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro update greeter\n  \
+    micro update ./greeter\n  \
+    micro update greeter --instances 3")]
 pub struct UpdateArgs {
     /// The new source (a local directory or a git URL), or the name of a running service to update from the source
     /// it was run from.
@@ -144,15 +147,20 @@ pub fn split_version(text: &str) -> (String, String) {
     }
 }
 
-/// Maps a runtime RPC error: a service the runtime does not know is exit 4 with a hint; the rest as everywhere.
+/// Maps a runtime RPC error: a service the runtime does not know is not found (exit 6) with a hint; the rest as
+/// every built-in's ([`from_core_status`]: a refused value is 128, another error of the runtime 1).
 pub fn runtime_error(settings: &Settings, status: &tonic::Status, endpoint: &str) -> CliError {
     if status.code() == tonic::Code::NotFound && status.message().contains("not run by the runtime") {
-        return CliError::new(
-            ExitStatus::NotFound,
-            format!("{}. See `micro status` for the services it runs", capitalize(status.message())),
-        );
+        return CliError::missing(format!(
+            "{}. See `micro status` for the services it runs",
+            capitalize(status.message())
+        ));
     }
-    from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() })
+    crate::exit::from_core_status(
+        status,
+        &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() },
+        "",
+    )
 }
 
 fn capitalize(s: &str) -> String {
@@ -620,10 +628,9 @@ pub async fn exec_update(settings: &Settings, args: UpdateArgs) -> anyhow::Resul
             .into_inner()
             .services;
         let Some(found) = services.into_iter().next() else {
-            return Err(CliError::new(
-                ExitStatus::NotFound,
-                format!("Service {given} is not run by the runtime. See `micro status` for the services it runs"),
-            )
+            return Err(CliError::missing(format!(
+                "Service {given} is not run by the runtime. See `micro status` for the services it runs"
+            ))
             .into());
         };
         let recorded = found.metadata.get("source").cloned().unwrap_or_default();
@@ -773,6 +780,7 @@ fn resolve_for_update(source: &str) -> Result<Target, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::ExitStatus;
 
     #[test]
     fn metadata_as_micro() {

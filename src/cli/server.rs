@@ -7,6 +7,10 @@ use std::time::Duration;
 
 /// Flags of `micro server`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro server\n  \
+    micro server --proxy-address 0.0.0.0:8081 --tls self-signed\n  \
+    micro server --store postgres://micro@db/micro --broker nats://nats:4222\n  \
+    MICRO_LOG_LEVEL=debug micro server --data-dir /var/lib/micro")]
 pub struct Args {
     /// Address of the gRPC proxy, through which every service is reached.
     #[arg(long, env = env::MICRO_PROXY_ADDRESS, default_value = "127.0.0.1:8081", value_name = "HOST:PORT")]

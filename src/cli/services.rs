@@ -6,6 +6,9 @@ use crate::settings::{Output, Settings};
 
 /// Flags of `micro services`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro services\n  \
+    micro services -o json --jq '.[].name'\n  \
+    micro services | grep hello")]
 pub struct Args {}
 
 /// Runs `micro services`.

@@ -21,6 +21,9 @@ pub enum All {
 
 /// Arguments of `micro stats`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro stats helloworld\n  \
+    micro stats --all builtin\n  \
+    micro stats helloworld -o json --jq '.[].memory'")]
 pub struct Args {
     /// The services.
     #[arg(required_unless_present = "all", value_name = "NAME")]

@@ -7,7 +7,7 @@
 
 use super::output::Printer;
 use super::run::{client, runtime_error, split_version};
-use crate::exit::{CliError, ExitStatus};
+use crate::exit::CliError;
 use crate::settings::{Output, Settings};
 use micro_core::proto::runtime::{ReadOptions, ReadRequest, Service};
 use micro_server::runtime::records::Status;
@@ -16,6 +16,9 @@ use std::time::{Duration, SystemTime};
 
 /// Flags of `micro status`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro status\n  \
+    micro status greeter\n  \
+    micro status -o json --jq '.[] | select(.status == \"error\") | .name'")]
 pub struct Args {
     /// Only this service (NAME or NAME@VERSION).
     #[arg(value_name = "NAME")]
@@ -133,10 +136,9 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     let printer = Printer::new(settings.output, Output::Table);
     if services.is_empty() && !name.is_empty() {
         let what = if version.is_empty() { name } else { format!("{name}@{version}") };
-        return Err(CliError::new(
-            ExitStatus::NotFound,
-            format!("Service {what} is not run by the runtime. See `micro status` for the services it runs"),
-        )
+        return Err(CliError::missing(format!(
+            "Service {what} is not run by the runtime. See `micro status` for the services it runs"
+        ))
         .into());
     }
     if services.is_empty() && printer.format() == Output::Table {

@@ -3,7 +3,7 @@
 //! Records live in a database (the current namespace unless `--database` names another the account may use) and
 //! a table (`--table`, default `micro`). As in Micro: `write KEY VALUE...` joins the value words with spaces and
 //! prints nothing; `read KEY` prints each record's value on its own line (`-v` a `KEY VALUE EXPIRY` table,
-//! `-o json` the records with base64 values); a missing key is `Not found` (exit 1). Unlike Micro, `--offset`
+//! `-o json` the records with base64 values); a missing key is `Not found` (exit 6). Unlike Micro, `--offset`
 //! skips records (Micro applied it as a limit), `--database` is honoured, and snapshots work.
 //!
 //! `write KEY -` reads the value from stdin (binary safe). Keys are at most 1 KiB and values at most 4 MiB.
@@ -27,7 +27,7 @@
 //! Records that expired since the snapshot are skipped. Readers of a later version must keep reading version 1.
 
 use super::output::Printer;
-use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
+use crate::exit::{CliError, RpcContext, from_core_status};
 use crate::settings::{Output, Settings};
 use anyhow::Context;
 use base64::Engine;
@@ -60,6 +60,10 @@ const IMPORT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Arguments of `micro store`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro store write greeting \"hello world\"\n  \
+    micro store read greeting\n  \
+    micro store list --prefix user/ -o json --jq '.[]'\n  \
+    micro store snapshot --destination file:///tmp/micro.snapshot")]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
@@ -222,25 +226,20 @@ pub fn client(conn: &Connection) -> StoreClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Maps an RPC error: `not found` is `Not found` (exit 1); auth and connection errors as everywhere; other errors
-/// of the store are `<prefix>: <detail>`, exit 1, as Micro.
+/// Maps an RPC error: `not found` is Micro's `Not found` (exit 6); auth and connection errors as everywhere; other
+/// errors of the store are `<prefix>: <detail>` as in Micro, exit 128 for a refused value, else 1
+/// ([`from_core_status`]).
 fn rpc_error(settings: &Settings, status: &tonic::Status, endpoint: &str, prefix: &str) -> CliError {
     if status.code() == tonic::Code::NotFound && crate::exit::detail(status.message()) == "not found" {
-        return CliError::failure("Not found");
+        return CliError::missing("Not found");
     }
-    let e = from_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() });
-    match e.status {
-        ExitStatus::ServiceError => CliError::failure(format!("{prefix}: {}", e.message)),
-        _ => e,
-    }
+    from_core_status(status, &RpcContext { address: settings.proxy.clone(), endpoint: endpoint.into() }, prefix)
 }
 
 /// Parses an `--expiry` value (`10s`, `5m`, `1h`, `1h30m`, `500ms`); the record keeps whole seconds, rounded up.
 pub fn parse_expiry(text: &str) -> Result<Duration, CliError> {
     let invalid = |why: &str| {
-        CliError::failure(format!(
-            "expiry flag is invalid: {text:?} {why}; use a duration such as 10s, 5m, 1h or 1h30m"
-        ))
+        CliError::input(format!("expiry flag is invalid: {text:?} {why}; use a duration such as 10s, 5m, 1h or 1h30m"))
     };
     let d = humantime::parse_duration(text.trim()).map_err(|_| invalid("is not a duration"))?;
     if d.is_zero() {
@@ -256,7 +255,7 @@ fn parse_metadata(items: &[String]) -> Result<BTreeMap<String, Field>, CliError>
     let mut out = BTreeMap::new();
     for item in items {
         let (k, v) = item.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| {
-            CliError::failure(format!("invalid --metadata {item:?}: use NAME=VALUE, e.g. --metadata owner=alice"))
+            CliError::input(format!("invalid --metadata {item:?}: use NAME=VALUE, e.g. --metadata owner=alice"))
         })?;
         out.insert(k.to_string(), Field { r#type: "string".into(), value: v.to_string() });
     }
@@ -358,9 +357,15 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
 }
 
 async fn read(settings: &Settings, printer: &Printer, a: ReadArgs) -> anyhow::Result<()> {
-    let key = a.keys.first().cloned().ok_or_else(|| CliError::failure("Key arg is required"))?;
+    // An empty key reads nothing, unless it is an empty prefix or suffix (every record).
+    let key = a
+        .keys
+        .first()
+        .cloned()
+        .filter(|k| !k.is_empty() || a.prefix || a.suffix)
+        .ok_or_else(|| CliError::input("Key arg is required: micro store read KEY"))?;
     if a.keys.len() > 1 {
-        return Err(CliError::failure("Too many arguments: `micro store read KEY` reads one key (or --prefix)").into());
+        return Err(CliError::input("Too many arguments: `micro store read KEY` reads one key (or --prefix)").into());
     }
     check_order(&a.order)?;
     let conn = settings.connect_authed().await?;
@@ -409,17 +414,20 @@ async fn read(settings: &Settings, printer: &Printer, a: ReadArgs) -> anyhow::Re
 fn check_order(order: &str) -> Result<(), CliError> {
     match order.to_ascii_lowercase().as_str() {
         "asc" | "desc" => Ok(()),
-        _ => Err(CliError::failure(format!("invalid --order {order:?}: use asc or desc"))),
+        _ => Err(CliError::input(format!("invalid --order {order:?}: use asc or desc"))),
     }
 }
 
 async fn write(settings: &Settings, a: WriteArgs) -> anyhow::Result<()> {
     if a.args.len() < 2 {
-        return Err(CliError::failure("Key and Value args are required").into());
+        return Err(CliError::input("Key and Value args are required").into());
     }
     let key = a.args[0].clone();
+    if key.is_empty() {
+        return Err(CliError::input("The key is empty: micro store write KEY VALUE").into());
+    }
     if key.len() > MAX_KEY_BYTES {
-        return Err(CliError::failure(format!(
+        return Err(CliError::input(format!(
             "the key is {} bytes; the limit is {MAX_KEY_BYTES} bytes (1 KiB)",
             key.len()
         ))
@@ -436,10 +444,9 @@ async fn write(settings: &Settings, a: WriteArgs) -> anyhow::Result<()> {
         a.args[1..].join(" ").into_bytes()
     };
     if value.len() > MAX_VALUE_BYTES {
-        return Err(CliError::failure(format!(
-            "the value is larger than the limit of {MAX_VALUE_BYTES} bytes (4 MiB)"
-        ))
-        .into());
+        return Err(
+            CliError::input(format!("the value is larger than the limit of {MAX_VALUE_BYTES} bytes (4 MiB)")).into()
+        );
     }
     let expiry = a.expiry.as_deref().map(parse_expiry).transpose()?;
     let metadata = parse_metadata(&a.metadata)?;
@@ -501,8 +508,8 @@ async fn list(settings: &Settings, printer: &Printer, a: ListArgs) -> anyhow::Re
 }
 
 async fn delete(settings: &Settings, a: DeleteArgs) -> anyhow::Result<()> {
-    if a.keys.is_empty() {
-        return Err(CliError::failure("key is required").into());
+    if a.keys.is_empty() || a.keys.iter().any(String::is_empty) {
+        return Err(CliError::input("key is required").into());
     }
     let conn = settings.connect_authed().await?;
     let mut store = client(&conn);
@@ -525,15 +532,15 @@ async fn delete(settings: &Settings, a: DeleteArgs) -> anyhow::Result<()> {
 /// The path of a `file://` URL (or of a plain path); `what` names the flag in errors.
 pub fn file_path(url: Option<&str>, what: &str) -> Result<PathBuf, CliError> {
     let url = url.filter(|u| !u.is_empty()).ok_or_else(|| {
-        CliError::failure(format!("--{what} is required, e.g. --{what} file:///tmp/micro-store.snapshot"))
+        CliError::input(format!("--{what} is required, e.g. --{what} file:///tmp/micro-store.snapshot"))
     })?;
     let path = match url.split_once("://") {
         Some(("file", path)) => path,
-        Some((scheme, _)) => return Err(CliError::failure(format!("unsupported {what} scheme: {scheme}"))),
+        Some((scheme, _)) => return Err(CliError::input(format!("unsupported {what} scheme: {scheme}"))),
         None => url,
     };
     if path.is_empty() {
-        return Err(CliError::failure(format!("the {what} {url:?} names no file")));
+        return Err(CliError::input(format!("the {what} {url:?} names no file")));
     }
     Ok(PathBuf::from(path))
 }
@@ -664,11 +671,16 @@ async fn snapshot(settings: &Settings, printer: &Printer, a: SnapshotArgs) -> an
         }
     };
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot move the snapshot to {}", path.display()))?;
-    printer.message(format!(
-        "Snapshot of database {database}: {count} records from {} tables written to {}",
-        tables.len(),
-        path.display()
-    ));
+    match printer.format() {
+        Output::Table => printer.message(format!(
+            "Snapshot of database {database}: {count} records from {} tables written to {}",
+            tables.len(),
+            path.display()
+        )),
+        _ => printer.json(&json!({
+            "database": database, "tables": tables.len(), "records": count, "path": path.to_string_lossy(),
+        }))?,
+    }
     Ok(())
 }
 
@@ -762,7 +774,7 @@ pub fn read_snapshot(
 ) -> anyhow::Result<(SnapshotHeader, u64)> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open the snapshot {}", path.display()))?;
     let bad = |line: usize, why: String| {
-        CliError::failure(format!("{} is not a valid snapshot: line {line}: {why}", path.display()))
+        CliError::input(format!("{} is not a valid snapshot: line {line}: {why}", path.display()))
     };
     let mut lines = std::io::BufReader::new(file).lines().enumerate();
     let header: SnapshotHeader = match lines.next() {
@@ -771,12 +783,12 @@ pub fn read_snapshot(
             serde_json::from_str(&line)
                 .ok()
                 .filter(|h: &SnapshotHeader| h.format == SNAPSHOT_FORMAT)
-                .ok_or_else(|| CliError::failure(format!("{} is not a micro store snapshot", path.display())))?
+                .ok_or_else(|| CliError::input(format!("{} is not a micro store snapshot", path.display())))?
         }
-        None => return Err(CliError::failure(format!("{} is empty, not a snapshot", path.display())).into()),
+        None => return Err(CliError::input(format!("{} is empty, not a snapshot", path.display())).into()),
     };
     if header.version != SNAPSHOT_VERSION {
-        return Err(CliError::failure(format!(
+        return Err(CliError::input(format!(
             "{} is a snapshot of format version {}; this micro reads version {SNAPSHOT_VERSION}",
             path.display(),
             header.version
@@ -804,7 +816,7 @@ pub fn read_snapshot(
         record(table, r)?;
     }
     if !ended {
-        return Err(CliError::failure(format!(
+        return Err(CliError::input(format!(
             "{} is not a valid snapshot: its end line is missing (the file is truncated?)",
             path.display()
         ))
@@ -847,7 +859,14 @@ async fn restore(settings: &Settings, printer: &Printer, a: RestoreArgs) -> anyh
     }
     reader.await??;
     let skipped = if expired > 0 { format!(" ({expired} had expired and were skipped)") } else { String::new() };
-    printer.message(format!("Restored {imported} of {total} records into database {database}{skipped}"));
+    match printer.format() {
+        Output::Table => {
+            printer.message(format!("Restored {imported} of {total} records into database {database}{skipped}"))
+        }
+        _ => printer.json(&json!({
+            "database": database, "records": total, "restored": imported, "expired": expired,
+        }))?,
+    }
     Ok(())
 }
 

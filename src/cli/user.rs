@@ -5,7 +5,8 @@
 //! `user token` prints the access token (refreshed first if it is about to expire), for scripts such as
 //! `curl -H "Authorization: Bearer $(micro user token)"`; `user namespace [set NS]` reads or saves the env's
 //! namespace; `user config` is a string map in the config file; `user set password` calls
-//! `Accounts.ChangeSecret`.
+//! `Accounts.ChangeSecret`. With `-o json` each prints a JSON object instead: the account, `{"token"}`,
+//! `{"namespace"}`, the settings, `{"key","value"}`.
 
 use super::login::{credential_error, prompt_secret};
 use super::output::Printer;
@@ -14,9 +15,14 @@ use crate::settings::{ConfigFile, Output, Settings};
 use anyhow::Context as _;
 use clap::Subcommand;
 use micro_core::proto::auth::{Account, ChangeSecretRequest, InspectRequest, Options};
+use serde_json::json;
 
 /// Arguments of `micro user`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  micro user\n  \
+    curl http://127.0.0.1:8080/helloworld/call -H \"Authorization: Bearer $(micro user token)\" -d '{}'\n  \
+    micro user namespace set foo\n  \
+    micro user set password")]
 pub struct Args {
     /// What to do; prints the logged-in account's name when absent.
     #[command(subcommand)]
@@ -138,17 +144,33 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     match args.command {
         None => {
             let account = current_account(settings).await?;
-            printer.line(if account.name.is_empty() { &account.id } else { &account.name })?;
+            match printer.format() {
+                Output::Table => printer.line(if account.name.is_empty() { &account.id } else { &account.name })?,
+                _ => printer.json(&json!({
+                    "id": account.id,
+                    "name": account.name,
+                    "type": account.r#type,
+                    "issuer": account.issuer,
+                    "scopes": account.scopes,
+                    "metadata": account.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+                }))?,
+            }
         }
         Some(UserCommand::Token) => {
             let token = settings.access_token().await?.ok_or_else(not_logged_in)?;
-            printer.line(token)?;
+            match printer.format() {
+                Output::Table => printer.line(token)?,
+                _ => printer.json(&json!({ "token": token }))?,
+            }
         }
-        Some(UserCommand::Namespace(NamespaceArgs { command: None })) => printer.line(&settings.namespace)?,
+        Some(UserCommand::Namespace(NamespaceArgs { command: None })) => match printer.format() {
+            Output::Table => printer.line(&settings.namespace)?,
+            _ => printer.json(&json!({ "namespace": settings.namespace }))?,
+        },
         Some(UserCommand::Namespace(NamespaceArgs { command: Some(NamespaceCommand::Set { namespace }) })) => {
             let namespace = namespace
                 .filter(|ns| !ns.trim().is_empty())
-                .ok_or_else(|| CliError::failure("No namespace specified"))?;
+                .ok_or_else(|| CliError::input("No namespace specified"))?;
             let mut config = settings.dirs.load()?;
             config.namespaces.insert(settings.env.clone(), namespace);
             settings.dirs.save(&config)?;
@@ -190,7 +212,7 @@ fn config(settings: &Settings, printer: &Printer, command: Option<ConfigCommand>
     let dirs = &settings.dirs;
     let mut config = dirs.load()?;
     let key =
-        |k: Option<String>| k.filter(|k| !k.trim().is_empty()).ok_or_else(|| CliError::failure("key cannot be blank"));
+        |k: Option<String>| k.filter(|k| !k.trim().is_empty()).ok_or_else(|| CliError::input("key cannot be blank"));
     match command {
         None => {
             let user = settings.stored_token()?.map(|(_, t)| t.account_id);
@@ -198,18 +220,23 @@ fn config(settings: &Settings, printer: &Printer, command: Option<ConfigCommand>
                 .user_config
                 .get(&format!("git.{}.baseurl", settings.env))
                 .or_else(|| config.user_config.get("git.baseurl"));
+            let credentials =
+                config.user_config.keys().any(|k| k == "git.credentials" || k.starts_with("git.credentials."));
+            if printer.format() != Output::Table {
+                printer.json(&json!({
+                    "user": user,
+                    "namespace": settings.namespace,
+                    "environment": settings.env,
+                    "git.credentials": credentials.then_some("[hidden]"),
+                    "git.baseurl": git_base,
+                }))?;
+                return Ok(());
+            }
             let lines = [
                 format!("user: {}", user.as_deref().unwrap_or("n/a")),
                 format!("namespace: {}", settings.namespace),
                 format!("environment: {}", settings.env),
-                format!(
-                    "git.credentials: {}",
-                    if config.user_config.keys().any(|k| k == "git.credentials" || k.starts_with("git.credentials.")) {
-                        "[hidden]"
-                    } else {
-                        "n/a"
-                    }
-                ),
+                format!("git.credentials: {}", if credentials { "[hidden]" } else { "n/a" }),
                 format!("git.baseurl: {}", git_base.map_or("n/a", String::as_str)),
             ];
             for line in lines {
@@ -218,7 +245,10 @@ fn config(settings: &Settings, printer: &Printer, command: Option<ConfigCommand>
         }
         Some(ConfigCommand::Get { key: k }) => {
             let k = key(k)?;
-            printer.line(config_get(&config, &k).unwrap_or(""))?;
+            match printer.format() {
+                Output::Table => printer.line(config_get(&config, &k).unwrap_or(""))?,
+                _ => printer.json(&json!({ "key": k, "value": config_get(&config, &k) }))?,
+            }
         }
         Some(ConfigCommand::Set { key: k, value }) => {
             let k = key(k)?;

@@ -254,11 +254,11 @@ fn topics_are_per_namespace() {
 #[test]
 fn bad_input_is_reported() {
     let p = Platform::start();
-    let run = p.micro(["broker", "publish"]).code(1);
+    let run = p.micro(["broker", "publish"]).code(128);
     assert_eq!(run.stderr, "Missing topic\n");
-    let run = p.micro(["broker", "subscribe"]).code(1);
+    let run = p.micro(["broker", "subscribe"]).code(128);
     assert_eq!(run.stderr, "Missing topic\n");
-    let run = p.micro(["broker", "publish", "t"]).code(1);
+    let run = p.micro(["broker", "publish", "t"]).code(128);
     assert!(run.stderr.starts_with("Missing message"), "{}", run.snapshot());
     let run = p.micro(["broker", "publish", "t", "x", "--header", "novalue"]).code(128);
     assert!(run.stderr.contains("KEY=VALUE"), "{}", run.snapshot());

@@ -6,7 +6,7 @@ use crate::support::{Cli, Dirs, Platform, closed_port, snapshot_settings};
 fn unknown_service_is_an_unrecognized_command() {
     let p = Platform::with(&["helloworld"]);
     let _s = snapshot_settings().bind_to_scope();
-    let run = p.micro(["nosuch"]).code(1);
+    let run = p.micro(["nosuch"]).code(128);
     assert!(run.stderr.contains("Unrecognized micro command: nosuch"), "{}", run.stderr);
     assert_eq!(run.stdout, "");
     insta::assert_snapshot!("unknown_command", run.snapshot());
@@ -188,7 +188,7 @@ fn a_backend_that_cannot_be_used_stops_the_server_with_a_clear_message() {
         let expected = if case.built { case.cannot_connect } else { case.not_built };
         assert!(stderr.contains(expected), "{} {}: {stderr}", case.flag, case.unreachable);
         let (code, stderr) = crate::support::server_that_stops(&[case.flag, case.unknown]);
-        assert_eq!(code, Some(1), "{} {}: {stderr}", case.flag, case.unknown);
+        assert_eq!(code, Some(128), "a usage error: {} {}: {stderr}", case.flag, case.unknown);
         assert!(stderr.contains(case.choices), "{} {}: {stderr}", case.flag, case.unknown);
     }
 }

@@ -214,7 +214,7 @@ fn streams_are_per_namespace() {
 fn bad_input_is_reported() {
     let p = Platform::start();
     for cmd in ["publish", "consume", "read"] {
-        let run = p.micro(["events", cmd]).code(1);
+        let run = p.micro(["events", cmd]).code(128);
         assert_eq!(run.stderr, "Missing topic\n", "{}", run.snapshot());
     }
     let run = p.micro(["events", "consume", "t", "--offset", "yesterday"]).code(128);
@@ -224,7 +224,7 @@ fn bad_input_is_reported() {
     let big = "x".repeat((1 << 20) + 1);
     let run = p.cli(["events", "publish", "t", "-"]).stdin(&big).run().code(128);
     assert!(run.stderr.contains("at most 1048576 bytes"), "{}", run.snapshot());
-    p.micro(["events", "consume", "t", "--offset", "1h", "--sequence", "3"]).code(1);
+    p.micro(["events", "consume", "t", "--offset", "1h", "--sequence", "3"]).code(128);
 
     block_on(async {
         let events = events(&p);

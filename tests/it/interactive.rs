@@ -10,7 +10,7 @@ fn a_piped_session_runs_each_line_and_exits_with_the_last_failure() {
                   micro store read greeting\n\
                   # a comment, then a command that fails\n\
                   store read missing\n";
-    let run = p.cli(["cli"]).stdin(script).run().code(1);
+    let run = p.cli(["cli"]).stdin(script).run().code(6);
     assert!(run.stdout.starts_with("auth\nbroker\n"), "{}", run.snapshot());
     assert!(run.stdout.ends_with("\nhello world\n"), "{}", run.snapshot());
     assert_eq!(run.stderr, "Not found\n", "{}", run.snapshot());

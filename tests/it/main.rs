@@ -9,6 +9,7 @@ mod support;
 mod auth;
 mod broker;
 mod config;
+mod contract;
 mod describe;
 mod direct;
 mod dynamic;

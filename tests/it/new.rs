@@ -278,7 +278,7 @@ fn refuses_invalid_names() {
     insta::assert_snapshot!("new_invalid_name", run.snapshot());
     let run = micro(&dirs, &["new", &format!("{}/..", dirs.path().display())]).code(128);
     assert!(run.stderr.contains("NAME must end with the new directory's name"), "{}", run.snapshot());
-    let run = micro(&dirs, &["new"]).code(1);
+    let run = micro(&dirs, &["new"]).code(128);
     assert!(run.stderr.contains("<NAME>"), "{}", run.snapshot());
 }
 

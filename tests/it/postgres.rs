@@ -23,11 +23,11 @@ fn records_live_in_postgres_across_restarts_and_servers() {
     let listed = p.micro(["store", "list", "--prefix", &run]).ok().stdout;
     assert_eq!(listed.lines().collect::<Vec<_>>(), [key("a"), key("b"), key("c")]);
     p.micro(["store", "delete", &key("c")]).ok();
-    assert_eq!(p.micro(["store", "read", &key("c")]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", &key("c")]).code(6).stderr, "Not found\n");
     // Expiry works as in the embedded store.
     p.micro(["store", "write", "--expiry", "1s", &key("ttl"), "x"]).ok();
     std::thread::sleep(std::time::Duration::from_millis(1300));
-    assert_eq!(p.micro(["store", "read", &key("ttl")]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", &key("ttl")]).code(6).stderr, "Not found\n");
 
     // A SIGKILL of the server loses nothing that was acknowledged.
     p.restart_server(true);

@@ -116,7 +116,7 @@ fn run_a_rust_package_then_status_call_logs_and_kill() {
     let json = p.micro(["logs", "-o", "json", "-n", "2", "helloworld"]).ok();
     let docs = json.json_docs();
     assert_eq!(docs.len(), 2, "{}", json.snapshot());
-    assert!(docs[0]["Timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", json.snapshot());
+    assert!(docs[0]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", json.snapshot());
     let build = p.micro(["logs", "--build", "helloworld"]).ok();
     assert!(build.stdout.contains("Finished"), "{}", build.snapshot());
 
@@ -319,11 +319,11 @@ fn a_python_grpc_service_is_registered_from_its_reflection_and_updates_without_d
 fn bad_input_gets_clear_errors_and_the_server_keeps_running() {
     let p = platform();
     let _cleanup = KillAll::of(&p);
-    let missing = p.micro(["logs", "nosuch"]).code(4);
+    let missing = p.micro(["logs", "nosuch"]).code(6);
     assert!(missing.stderr.contains("nosuch is not run by the runtime"), "{}", missing.snapshot());
-    let missing = p.micro(["kill", "nosuch"]).code(4);
+    let missing = p.micro(["kill", "nosuch"]).code(6);
     assert!(missing.stderr.contains("nosuch is not run by the runtime"), "{}", missing.snapshot());
-    let missing = p.micro(["update", "nosuch"]).code(4);
+    let missing = p.micro(["update", "nosuch"]).code(6);
     assert!(missing.stderr.contains("nosuch is not run by the runtime"), "{}", missing.snapshot());
 
     let empty = empty_dir(&p, "empty");
@@ -369,7 +369,7 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_running() {
     assert!(quit.stderr.contains("exited with code 2") && quit.stderr.contains("cannot start"), "{}", quit.snapshot());
 
     // Running twice without --force is refused; with --force the service is replaced (here by two instances).
-    let twice = p.micro(["run", "--command", "sleep 30", &quits.to_string_lossy()]).code(127);
+    let twice = p.micro(["run", "--command", "sleep 30", &quits.to_string_lossy()]).code(1);
     assert!(twice.stderr.contains("already exists"), "{}", twice.snapshot());
     p.micro(["run", "--force", "-i", "2", "--command", "sleep 30", &quits.to_string_lossy()]).ok();
     let list = status(&p);

@@ -29,7 +29,7 @@ fn stats_of_a_service_and_of_the_core() {
 
     // Errors: an unknown service, no name at all, and no stats without an account.
     assert_eq!(p.micro(["stats", "nope"]).code(4).stderr, "Service \"nope\" not found\n");
-    assert!(p.micro(["stats"]).code(1).stderr.contains("required"));
+    assert!(p.micro(["stats"]).code(128).stderr.contains("required"));
     let anonymous = crate::support::Cli::new(&p.addr, &crate::support::Dirs::new(), ["stats", "helloworld"]).run();
     assert_eq!(anonymous.code, 2, "{}", anonymous.snapshot());
 }

@@ -24,7 +24,7 @@ fn write_read_list_delete_with_options_and_outputs() {
     }
     assert_eq!(p.micro(["store", "read", "somekey1"]).ok().stdout, "val1\n");
     assert_eq!(p.micro(["store", "read", "somekey4"]).ok().stdout, "two words\n", "value words are joined");
-    let run = p.micro(["store", "read", "missing"]).code(1);
+    let run = p.micro(["store", "read", "missing"]).code(6);
     assert_eq!(run.stderr, "Not found\n");
 
     // Prefix, suffix, limit, offset (an offset, not a limit as in Micro) and order.
@@ -68,7 +68,7 @@ fn write_read_list_delete_with_options_and_outputs() {
     let run = p.micro(["store", "delete", "somekey1"]).ok();
     assert_eq!(run.stdout, "");
     p.micro(["store", "delete", "somekey1"]).ok();
-    assert_eq!(p.micro(["store", "read", "somekey1"]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", "somekey1"]).code(6).stderr, "Not found\n");
     assert_eq!(lines(&list(&[])), ["other3", "somekey2", "somekey4"]);
 }
 
@@ -90,11 +90,11 @@ fn records_expire() {
     assert!(ns > 0 && ns <= 2_000_000_000, "{json}");
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while p.micro(["store", "read", "short"]).code != 1 {
+    while p.micro(["store", "read", "short"]).code != 6 {
         assert!(Instant::now() < deadline, "the record did not expire");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(p.micro(["store", "read", "short"]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", "short"]).code(6).stderr, "Not found\n");
     assert_eq!(lines(&p.micro(["store", "list"]).ok().stdout), ["long"]);
     assert_eq!(p.micro(["store", "read", "long"]).ok().stdout, "lived\n");
 }
@@ -113,7 +113,7 @@ fn databases_and_tables_are_selectable() {
     assert_eq!(p.micro(["store", "read", "--database", "other", "--table", "t2", "k"]).ok().stdout, "in-other-t2\n");
     assert_eq!(lines(&p.micro(["store", "list", "--table", "users"]).ok().stdout), ["k"]);
     p.micro(["store", "delete", "--table", "users", "k"]).ok();
-    assert_eq!(p.micro(["store", "read", "--table", "users", "k"]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", "--table", "users", "k"]).code(6).stderr, "Not found\n");
     assert_eq!(p.micro(["store", "read", "k"]).ok().stdout, "in-micro\n", "other tables are untouched");
 
     assert_eq!(lines(&p.micro(["store", "databases"]).ok().stdout), ["micro", "other"]);
@@ -222,15 +222,15 @@ fn snapshot_then_restore_gives_back_the_same_records() {
     let cut: Vec<&str> = text.lines().take(3).collect();
     std::fs::write(&truncated, cut.join("\n") + "\n").unwrap();
     p.micro(["store", "delete", "a"]).ok();
-    let run = p.micro(["store", "restore", "--source", &truncated.display().to_string()]).code(1);
+    let run = p.micro(["store", "restore", "--source", &truncated.display().to_string()]).code(128);
     assert!(run.stderr.contains("end line is missing"), "{}", run.snapshot());
-    assert_eq!(p.micro(["store", "read", "a"]).code(1).stderr, "Not found\n");
+    assert_eq!(p.micro(["store", "read", "a"]).code(6).stderr, "Not found\n");
     std::fs::write(&truncated, "hello\n").unwrap();
-    let run = p.micro(["store", "restore", "--source", &truncated.display().to_string()]).code(1);
+    let run = p.micro(["store", "restore", "--source", &truncated.display().to_string()]).code(128);
     assert!(run.stderr.contains("is not a micro store snapshot"), "{}", run.snapshot());
-    let run = p.micro(["store", "snapshot", "--destination", "s3://bucket/key"]).code(1);
+    let run = p.micro(["store", "snapshot", "--destination", "s3://bucket/key"]).code(128);
     assert_eq!(run.stderr, "unsupported destination scheme: s3\n");
-    let run = p.micro(["store", "restore"]).code(1);
+    let run = p.micro(["store", "restore"]).code(128);
     assert!(run.stderr.starts_with("--source is required"), "{}", run.snapshot());
 }
 
@@ -242,28 +242,28 @@ fn bad_input_is_refused_with_clear_errors() {
         assert!(run.stderr.contains(message), "expected {message:?}:\n{}", run.snapshot());
         assert_eq!(run.stdout, "", "{}", run.snapshot());
     };
-    fails(&["store", "write", "lonely"], 1, "Key and Value args are required");
-    fails(&["store", "write"], 1, "Key and Value args are required");
-    fails(&["store", "read"], 1, "Key arg is required");
-    fails(&["store", "delete"], 1, "key is required");
+    fails(&["store", "write", "lonely"], 128, "Key and Value args are required");
+    fails(&["store", "write"], 128, "Key and Value args are required");
+    fails(&["store", "read"], 128, "Key arg is required");
+    fails(&["store", "delete"], 128, "key is required");
     fails(
         &["store", "write", "--expiry", "soon", "k", "v"],
-        1,
+        128,
         "expiry flag is invalid: \"soon\" is not a duration; use a duration such as 10s, 5m, 1h",
     );
-    fails(&["store", "read", "--order", "up", "k"], 1, "invalid --order \"up\": use asc or desc");
-    fails(&["store", "write", "--metadata", "novalue", "k", "v"], 1, "use NAME=VALUE");
+    fails(&["store", "read", "--order", "up", "k"], 128, "invalid --order \"up\": use asc or desc");
+    fails(&["store", "write", "--metadata", "novalue", "k", "v"], 128, "use NAME=VALUE");
     let long_key = "k".repeat(1025);
-    fails(&["store", "write", &long_key, "v"], 1, "the limit is 1024 bytes (1 KiB)");
+    fails(&["store", "write", &long_key, "v"], 128, "the limit is 1024 bytes (1 KiB)");
     fails(
         &["store", "write", "--database", "a/b", "k", "v"],
-        1,
+        128,
         "Couldn't write k to store: invalid database name \"a/b\"",
     );
 
     // A value over 4 MiB, from stdin, is refused before it is sent; 4 MiB exactly is fine.
     let big = "x".repeat(4 * 1024 * 1024 + 1);
-    let run = p.cli(["store", "write", "big", "-"]).stdin(&big).run().code(1);
+    let run = p.cli(["store", "write", "big", "-"]).stdin(&big).run().code(128);
     assert!(run.stderr.contains("the limit of 4194304 bytes (4 MiB)"), "{}", run.snapshot());
     p.cli(["store", "write", "big", "-"]).stdin(&big[1..]).run().ok();
     let len = p.micro(["store", "read", "big"]).ok().stdout.len();

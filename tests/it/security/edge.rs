@@ -27,7 +27,7 @@ fn write_request(key: &str) -> (&'static str, String) {
 #[track_caller]
 fn assert_not_written(p: &Platform, key: &str) {
     let run = p.micro(["store", "read", key]);
-    assert_eq!((run.code, run.stderr.as_str()), (1, "Not found\n"), "{key} was written: {}", run.stdout);
+    assert_eq!((run.code, run.stderr.as_str()), (6, "Not found\n"), "{key} was written: {}", run.stdout);
 }
 
 /// Asserts that the admin's CLI reads `key` = "pwned" from the store.

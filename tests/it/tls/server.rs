@@ -324,8 +324,8 @@ fn bad_tls_files_stop_the_server_with_a_message_naming_the_file() {
     assert_eq!(code, Some(128), "{stderr}");
     assert!(stderr.contains("client CA") && stderr.contains(&s(&missing)), "{stderr}");
 
-    // A certificate without its key is a usage error.
+    // A certificate without its key is a usage error: bad input, as in every command.
     let (code, stderr) = server_that_stops(&["--tls-cert", &s(&cert)]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(128), "{stderr}");
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
