@@ -21,6 +21,7 @@ pub mod kill;
 pub mod login;
 pub mod logout;
 pub mod logs;
+pub mod mcp;
 pub mod new;
 pub mod output;
 pub mod run;
@@ -108,6 +109,8 @@ pub enum Command {
     Broker(broker::Args),
     /// Publish, consume and read durable events.
     Events(events::Args),
+    /// Serve every registered endpoint as a Model Context Protocol tool for AI agents.
+    Mcp(mcp::Args),
     /// Print a shell completion script.
     Completion(completion::Args),
     /// Run the interactive CLI: a `micro> ` prompt that runs each line as a micro command.
@@ -148,6 +151,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::User(args) => user::exec(&settings, args).await,
         Command::Auth(args) => auth::exec(&settings, args).await,
         Command::Run(args) => run::exec(&settings, args).await,
+        Command::Mcp(args) => mcp::exec(&settings, args).await,
         Command::Update(args) => run::exec_update(&settings, args).await,
         Command::Kill(args) => kill::exec(&settings, args).await,
         Command::Status(args) => status::exec(&settings, args).await,

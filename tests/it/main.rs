@@ -18,6 +18,7 @@ mod etcd;
 mod events;
 mod gateway;
 mod interactive;
+mod mcp;
 #[cfg(feature = "nats")]
 mod nats;
 mod new;

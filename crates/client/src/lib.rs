@@ -6,6 +6,7 @@ pub mod connection;
 pub mod describe;
 pub mod diagnose;
 pub mod dynamic;
+pub mod json_schema;
 pub mod reflection;
 pub mod schema_cache;
 pub mod tls;

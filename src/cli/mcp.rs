@@ -1,0 +1,491 @@
+//! `micro mcp serve`: every registered endpoint as a Model Context Protocol tool, for AI agents.
+//!
+//! Over stdio (the default, for an agent that launches `micro`), calls go through the proxy with the CLI's env,
+//! namespace and login, exactly as `micro call` makes them. Each endpoint of each service visible to the caller is
+//! a tool named `<service>_<Handler>_<Method>`, described by its proto comment, with a JSON Schema of its request
+//! as `inputSchema` (micro_client::json_schema) and of its response as `outputSchema`. Arguments are checked
+//! against the request message before any call; a bad one is a tool error naming the field. Server streams
+//! report each message as a progress notification and return them all (up to `--max-messages` and
+//! `--max-bytes`); client and bidi streams take `{"messages": [...]}`. The MCP side is the official Rust SDK,
+//! rmcp.
+
+use crate::exit::CliError;
+use crate::settings::Settings;
+use micro_client::Connection;
+use micro_client::dynamic::{CallOptions, call, message_to_json};
+use micro_client::json_schema::message_schema;
+use micro_core::schema;
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The services of the platform itself, exposed only with `--core`.
+const CORE_SERVICES: &[&str] = &["auth", "registry", "store", "config", "broker", "events", "runtime", "server"];
+/// The longest tool name MCP allows.
+const MAX_TOOL_NAME: usize = 64;
+
+/// Arguments of `micro mcp`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `micro mcp`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve every registered endpoint as an MCP tool, over stdio.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `micro mcp serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Expose only these services (a comma list).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub services: Vec<String>,
+    /// Do not expose these services (a comma list).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub exclude: Vec<String>,
+    /// Expose the core services too (auth, registry, store, config, broker, events, runtime).
+    #[arg(long)]
+    pub core: bool,
+    /// Deadline of each tool call, e.g. `5s` (streams included).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The most messages of a server stream one tool call returns; the stream is cut there.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_messages: usize,
+    /// The most bytes (of JSON) of a server stream one tool call returns; the stream is cut there.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_bytes: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|_| format!("invalid duration {s:?}: try 500ms or 30s"))
+}
+
+/// Runs `micro mcp`.
+pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Serve(args) => serve_stdio(settings, args).await,
+    }
+}
+
+async fn serve_stdio(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+    // Fail early, before the client's handshake, when there is no usable login.
+    settings.connect_authed().await?;
+    let account = settings.stored_token().ok().flatten().map(|(_, t)| t.account_id).unwrap_or_default();
+    let server = McpServer::new(settings.clone(), args, account);
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| CliError::failure(format!("MCP handshake failed: {e}")))?;
+    running.waiting().await.map_err(|e| CliError::failure(format!("MCP server stopped: {e}")))?;
+    Ok(())
+}
+
+/// One tool: the endpoint it calls.
+#[derive(Clone)]
+struct Endpoint {
+    service: String,
+    method: MethodDescriptor,
+}
+
+/// The MCP server: tools from the registry, calls through the proxy.
+#[derive(Clone)]
+pub struct McpServer {
+    settings: Settings,
+    args: ServeArgs,
+    /// Who the calls are made as, for the audit log.
+    account: String,
+    /// The tools of the last listing, by name.
+    tools: Arc<Mutex<HashMap<String, Endpoint>>>,
+}
+
+impl McpServer {
+    fn new(settings: Settings, args: ServeArgs, account: String) -> Self {
+        Self { settings, args, account, tools: Arc::default() }
+    }
+
+    async fn connection(&self) -> Result<Connection, CliError> {
+        self.settings.connect_authed().await
+    }
+
+    /// Whether a service is exposed.
+    fn exposed(&self, name: &str) -> bool {
+        if !self.args.services.is_empty() {
+            return self.args.services.iter().any(|s| s == name);
+        }
+        if self.args.exclude.iter().any(|s| s == name) {
+            return false;
+        }
+        self.args.core || !CORE_SERVICES.contains(&name)
+    }
+
+    /// Every tool of every exposed service, fresh from the registry.
+    async fn load_tools(&self) -> Result<Vec<(Tool, Endpoint)>, CliError> {
+        let conn = self.connection().await?;
+        let ctx = crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.ListServices".into() };
+        let services = conn.list_services().await.map_err(|s| crate::exit::from_status(&s, &ctx))?;
+        let mut names: Vec<String> = services.into_iter().map(|s| s.name).filter(|n| self.exposed(n)).collect();
+        names.sort();
+        names.dedup();
+        let cache = self.settings.schema_cache();
+        let mut out = Vec::new();
+        for name in names {
+            let Ok((service, Some(schema))) = cache.resolve(&conn, &name, false).await else { continue };
+            for ep in &service.endpoints {
+                let Some(method) = schema::find_method(&schema.pool, &ep.method) else { continue };
+                let endpoint = Endpoint { service: service.name.clone(), method };
+                out.push((tool(&endpoint), endpoint));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn refresh(&self) -> Result<Vec<Tool>, CliError> {
+        let loaded = self.load_tools().await?;
+        let mut map = HashMap::new();
+        let mut tools = Vec::new();
+        for (tool, endpoint) in loaded {
+            map.insert(tool.name.to_string(), endpoint);
+            tools.push(tool);
+        }
+        *self.tools.lock().expect("tools lock") = map;
+        Ok(tools)
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<Endpoint>, CliError> {
+        if let Some(e) = self.tools.lock().expect("tools lock").get(name).cloned() {
+            return Ok(Some(e));
+        }
+        self.refresh().await?;
+        Ok(self.tools.lock().expect("tools lock").get(name).cloned())
+    }
+
+    /// Makes one call; `Ok` is the tool's result, errors included.
+    async fn call_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        arguments: Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let method = &endpoint.method;
+        let requests = requests(method, arguments)?;
+        let conn = self.connection().await.map_err(|e| e.message)?;
+        let options = CallOptions {
+            metadata: Vec::new(),
+            timeout: Some(self.args.timeout),
+            service: Some(endpoint.service.clone()),
+        };
+        let deadline = tokio::time::Instant::now() + self.args.timeout;
+        let stream = futures::stream::iter(requests);
+        let mut responses = match tokio::time::timeout_at(deadline, call(&conn, method, stream, &options)).await {
+            Err(_) => return Err("the call timed out".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(Err(status))) => return Err(status_text(&status)),
+            Ok(Ok(Ok(s))) => s,
+        };
+        if !method.is_server_streaming() {
+            return match tokio::time::timeout_at(deadline, responses.message()).await {
+                Err(_) => Err("the call timed out".into()),
+                Ok(Err(status)) => Err(status_text(&status)),
+                Ok(Ok(None)) => Err("the service sent no response".into()),
+                Ok(Ok(Some(m))) => Ok(result(message_to_json(&m))),
+            };
+        }
+        let progress = context.meta.get_progress_token();
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated = false;
+        let mut error = None;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, responses.message()).await {
+                Err(_) => {
+                    error = Some("the call timed out".to_string());
+                    break;
+                }
+                Ok(n) => n,
+            };
+            match next {
+                Ok(Some(m)) => {
+                    let value = message_to_json(&m);
+                    let size = value.to_string().len();
+                    if messages.len() >= self.args.max_messages || bytes + size > self.args.max_bytes {
+                        truncated = true;
+                        break;
+                    }
+                    bytes += size;
+                    if let Some(token) = &progress {
+                        let param = ProgressNotificationParam::new(token.clone(), (messages.len() + 1) as f64)
+                            .with_message(value.to_string());
+                        let _ = context.peer.notify_progress(param).await;
+                    }
+                    messages.push(value);
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    error = Some(status_text(&status));
+                    break;
+                }
+            }
+        }
+        let mut out = json!({ "messages": messages, "truncated": truncated });
+        if let Some(e) = error {
+            // What arrived before the error is still worth showing.
+            out["error"] = Value::String(e);
+            let mut r = result(out);
+            r.is_error = Some(true);
+            return Ok(r);
+        }
+        Ok(result(out))
+    }
+}
+
+/// A successful result: the JSON as text and as structured content.
+fn result(value: Value) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+    r.structured_content = Some(value);
+    r
+}
+
+fn error_result(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// The request messages of a call from the tool's arguments: the arguments themselves, or for client streams
+/// the array `messages`.
+fn requests(method: &MethodDescriptor, mut arguments: Map<String, Value>) -> Result<Vec<DynamicMessage>, String> {
+    let input = method.input();
+    if method.is_client_streaming() {
+        let items = match arguments.remove("messages") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err("invalid argument \"messages\": expected an array of request messages".into()),
+        };
+        if let Some(other) = arguments.keys().next() {
+            return Err(format!("invalid argument {other:?}: a stream takes only \"messages\""));
+        }
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(o) => to_message(&input, o, &format!("messages[{i}].")),
+                _ => Err(format!("invalid argument \"messages[{i}]\": expected an object")),
+            })
+            .collect();
+    }
+    Ok(vec![to_message(&input, arguments, "")?])
+}
+
+/// Converts arguments to a message; an error names the first field that does not convert.
+fn to_message(descriptor: &MessageDescriptor, object: Map<String, Value>, prefix: &str) -> Result<DynamicMessage, String> {
+    match DynamicMessage::deserialize(descriptor.clone(), Value::Object(object.clone())) {
+        Ok(m) => Ok(m),
+        Err(e) => Err(match bad_field(descriptor, &object) {
+            Some((path, reason)) => format!("invalid argument \"{prefix}{path}\": {reason}"),
+            None => format!("invalid arguments: {e}"),
+        }),
+    }
+}
+
+/// The path of the first field of `object` that does not convert, with the reason: each key alone, then down
+/// into nested messages.
+fn bad_field(descriptor: &MessageDescriptor, object: &Map<String, Value>) -> Option<(String, String)> {
+    for (key, value) in object {
+        let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
+        let Err(e) = DynamicMessage::deserialize(descriptor.clone(), single) else { continue };
+        let field = descriptor.get_field_by_name(key).or_else(|| descriptor.get_field_by_json_name(key));
+        let Some(field) = field else {
+            let names: Vec<String> = descriptor.fields().map(|f| f.name().to_string()).collect();
+            return Some((key.clone(), format!("no such field in {}; fields: {}", descriptor.name(), names.join(", "))));
+        };
+        if let (Kind::Message(m), Value::Object(inner)) = (field.kind(), value)
+            && !field.is_map()
+            && !schema::is_well_known(&m)
+            && let Some((path, reason)) = bad_field(&m, inner)
+        {
+            return Some((format!("{key}.{path}"), reason));
+        }
+        if let (Kind::Message(m), Value::Array(items)) = (field.kind(), value)
+            && field.is_list()
+            && !schema::is_well_known(&m)
+        {
+            for (i, item) in items.iter().enumerate() {
+                if let Value::Object(inner) = item
+                    && let Some((path, reason)) = bad_field(&m, inner)
+                {
+                    return Some((format!("{key}[{i}].{path}"), reason));
+                }
+            }
+        }
+        return Some((key.clone(), format!("expected {}: {}", schema::type_name(&field), clean(&e.to_string()))));
+    }
+    None
+}
+
+/// A serde error without its position, which means nothing to the caller.
+fn clean(error: &str) -> String {
+    match error.find(" at line ") {
+        Some(i) => error[..i].to_string(),
+        None => error.to_string(),
+    }
+}
+
+/// The tool of an endpoint.
+fn tool(endpoint: &Endpoint) -> Tool {
+    let method = &endpoint.method;
+    let name = tool_name(&endpoint.service, method.parent_service().name(), method.name());
+    let mut description = schema::method_comment(method)
+        .unwrap_or_else(|| format!("Calls {} of the {} service.", schema::endpoint_name(method), endpoint.service));
+    let input = message_schema(&method.input());
+    let output = message_schema(&method.output());
+    let input_schema = if method.is_client_streaming() {
+        description.push_str(" Takes a stream: pass the request messages as the array `messages`.");
+        object_schema(json!({
+            "type": "object",
+            "properties": { "messages": { "type": "array", "items": input, "description": "the request messages, in order" } },
+            "required": ["messages"]
+        }))
+    } else {
+        input
+    };
+    let output_schema = if method.is_server_streaming() {
+        description.push_str(" Streams: the result holds the messages (progress notifications report each one).");
+        object_schema(json!({
+            "type": "object",
+            "properties": {
+                "messages": { "type": "array", "items": output },
+                "truncated": { "type": "boolean", "description": "the stream was cut at the message or byte cap" },
+                "error": { "type": "string", "description": "the error that ended the stream, if any" }
+            },
+            "required": ["messages", "truncated"]
+        }))
+    } else {
+        output
+    };
+    let mut t = Tool::new(name, description, Arc::new(input_schema));
+    t.output_schema = Some(Arc::new(output_schema));
+    t.annotations = Some(ToolAnnotations::with_title(format!("{} {}", endpoint.service, schema::endpoint_name(method))));
+    t
+}
+
+fn object_schema(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    }
+}
+
+/// `<service>_<Handler>_<Method>` with every character outside `[a-zA-Z0-9_-]` as `_`; a longer name than MCP
+/// allows keeps its start and ends with a hash of the whole, so it stays stable and distinct.
+pub(crate) fn tool_name(service: &str, handler: &str, method: &str) -> String {
+    let raw = format!("{service}_{handler}_{method}");
+    let clean: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    if clean.len() <= MAX_TOOL_NAME && !clean.is_empty() {
+        return clean;
+    }
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let hash = raw.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let suffix = format!("_{:08x}", hash as u32);
+    format!("{}{suffix}", &clean[..MAX_TOOL_NAME - suffix.len()])
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+            .with_server_info(rmcp::model::Implementation::new("micro", micro_core::VERSION))
+            .with_instructions(
+                "Each tool calls one endpoint of a service registered with micro. Arguments are the request \
+                 message as JSON (proto field names); the result is the response as JSON.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let tools = self.refresh().await.map_err(|e| McpError::internal_error(e.message, None))?;
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let started = Instant::now();
+        let name = request.name.to_string();
+        let endpoint = match self.find(&name).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(McpError::invalid_params(format!("unknown tool {name:?}"), None)),
+            Err(e) => return Err(McpError::internal_error(e.message, None)),
+        };
+        let outcome = self.call_endpoint(&endpoint, request.arguments.unwrap_or_default(), &context).await;
+        let (result, outcome_text) = match outcome {
+            Ok(r) if r.is_error == Some(true) => (r, "error".to_string()),
+            Ok(r) => (r, "ok".to_string()),
+            Err(e) => {
+                let text = format!("error: {e}");
+                (error_result(e), text)
+            }
+        };
+        audit(&self.account, &name, &outcome_text, started.elapsed());
+        Ok(result.into())
+    }
+}
+
+/// The audit line of one call: stderr (the server's log), never stdout, which carries the protocol.
+fn audit(account: &str, tool: &str, outcome: &str, took: Duration) {
+    let account = if account.is_empty() { "-" } else { account };
+    eprintln!("mcp call account={account} tool={tool} outcome={outcome:?} took={}ms", took.as_millis());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_core::schema::Schema;
+
+    #[test]
+    fn tool_names_are_legal_and_stable() {
+        assert_eq!(tool_name("helloworld", "Helloworld", "Call"), "helloworld_Helloworld_Call");
+        assert_eq!(tool_name("go.micro.srv", "Foo", "Bar"), "go_micro_srv_Foo_Bar");
+        let long = "x".repeat(80);
+        let a = tool_name(&long, "H", "M");
+        assert_eq!(a.len(), MAX_TOOL_NAME);
+        assert_eq!(a, tool_name(&long, "H", "M"));
+        assert_ne!(a, tool_name(&long, "H", "N"));
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+
+    #[test]
+    fn a_bad_argument_names_its_field() {
+        let schema = Schema::decode(micro_core::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let method = schema::find_method(&schema.pool, "/registry.Registry/GetService").unwrap();
+        let args = json!({ "service": "x", "options": { "ttl": "soon" } });
+        let Value::Object(args) = args else { unreachable!() };
+        let err = requests(&method, args).unwrap_err();
+        assert!(err.starts_with("invalid argument \"options.ttl\""), "{err}");
+        let Value::Object(args) = json!({ "servicee": "x" }) else { unreachable!() };
+        let err = requests(&method, args).unwrap_err();
+        assert!(err.contains("\"servicee\"") && err.contains("no such field"), "{err}");
+        let Value::Object(args) = json!({ "service": "x" }) else { unreachable!() };
+        assert_eq!(requests(&method, args).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! `micro mcp serve` driven by the official Python MCP SDK (tests/it/fixtures/mcp_client.py): tools listed from
+//! the registry with their schemas, a unary call, a bad argument, server and bidi streams.
+
+use crate::support::{DEADLINE, Platform, clean_env, library_dir, micro_bin};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Runs the Python client's scenario against `micro mcp serve ARGS` over stdio, with the platform's CLI
+/// environment (so the server uses the admin's login), and returns its report and `micro`'s stderr.
+fn python_client(p: &Platform, mode: &str, args: &[&str]) -> (Value, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/mcp_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(mode).arg(micro_bin()).args(args);
+    clean_env(&mut cmd);
+    cmd.env("HOME", p.path("home"))
+        .env("MICRO_CONFIG_DIR", p.path("config"))
+        .env("MICRO_CACHE_DIR", p.path("cache"))
+        .env("MICRO_LIBRARY_DIR", library_dir())
+        .env("MICRO_PROXY", &p.addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let out = cmd.output().expect("python3 runs (the MCP client needs `pip install mcp`)");
+    assert!(started.elapsed() < DEADLINE * 2, "the MCP client took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the MCP client failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (report, stderr)
+}
+
+#[test]
+fn stdio_tools_calls_and_streams() {
+    let p = Platform::with(&["helloworld"]);
+    let (r, stderr) = python_client(&p, "stdio", &["--max-messages", "5"]);
+
+    // Tools: helloworld's endpoints, no core service without --core.
+    let tools = r["tools"].as_object().unwrap();
+    let names: Vec<&String> = tools.keys().collect();
+    assert!(tools.contains_key("helloworld_Helloworld_Call"), "{names:?}");
+    assert!(tools.contains_key("helloworld_Helloworld_Stream"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("registry_") || n.starts_with("store_")), "{names:?}");
+    let call = &tools["helloworld_Helloworld_Call"];
+    assert_eq!(call["description"], "Call answers with a greeting.");
+    assert_eq!(call["input"]["type"], "object");
+    assert_eq!(call["input"]["properties"]["name"]["type"], "string");
+    assert_eq!(call["input"]["properties"]["name"]["description"], "The name to greet.");
+    assert_eq!(call["output"]["properties"]["msg"]["type"], "string");
+    let stream = &tools["helloworld_Helloworld_Stream"];
+    assert_eq!(stream["input"]["properties"]["count"]["type"], serde_json::json!(["string", "integer"]));
+    assert_eq!(tools["helloworld_Helloworld_PingPong"]["input"]["required"], serde_json::json!(["messages"]));
+
+    // A unary call: the answer as text and as structured content.
+    assert_eq!(r["call"]["is_error"], false, "{}", r["call"]);
+    assert_eq!(r["call"]["structured"]["msg"], "Hello Jane");
+    assert_eq!(serde_json::from_str::<Value>(r["call"]["text"].as_str().unwrap()).unwrap()["msg"], "Hello Jane");
+
+    // Bad arguments: tool errors naming the field.
+    assert_eq!(r["bad"]["is_error"], true, "{}", r["bad"]);
+    assert!(r["bad"]["text"].as_str().unwrap().starts_with("invalid argument \"name\""), "{}", r["bad"]);
+    assert_eq!(r["unknown_field"]["is_error"], true);
+    let text = r["unknown_field"]["text"].as_str().unwrap();
+    assert!(text.contains("\"nmae\"") && text.contains("no such field"), "{text}");
+
+    // A server stream: every message, each also reported as progress.
+    assert_eq!(r["stream"]["is_error"], false, "{}", r["stream"]);
+    let messages = r["stream"]["structured"]["messages"].as_array().unwrap();
+    let counts: Vec<&str> = messages.iter().map(|m| m["count"].as_str().unwrap()).collect();
+    assert_eq!(counts, ["0", "1", "2"]);
+    assert_eq!(r["stream"]["structured"]["truncated"], false);
+    let progress = r["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 3, "{progress:?}");
+    assert_eq!(serde_json::from_str::<Value>(progress[2]["message"].as_str().unwrap()).unwrap()["count"], "2");
+    // The cap: 5 of 50 messages, and the result says it was cut.
+    assert_eq!(r["capped"]["structured"]["messages"].as_array().unwrap().len(), 5);
+    assert_eq!(r["capped"]["structured"]["truncated"], true);
+
+    // A bidi stream takes an array of messages.
+    assert_eq!(r["pingpong"]["is_error"], false, "{}", r["pingpong"]);
+    let pongs = r["pingpong"]["structured"]["messages"].as_array().unwrap();
+    assert_eq!(pongs.iter().map(|m| m["stroke"].as_str().unwrap()).collect::<Vec<_>>(), ["1", "2"]);
+
+    // The audit log: one line per call, on stderr.
+    assert!(stderr.contains("mcp call account=admin tool=helloworld_Helloworld_Call outcome=\"ok\""), "{stderr}");
+    assert!(stderr.contains("tool=helloworld_Helloworld_Call outcome=\"error: invalid argument"), "{stderr}");
+}
