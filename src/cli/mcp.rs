@@ -8,6 +8,10 @@
 //! report each message as a progress notification and return them all (up to `--max-messages` and
 //! `--max-bytes`); client and bidi streams take `{"messages": [...]}`. The MCP side is the official Rust SDK,
 //! rmcp.
+//!
+//! `--address HOST:PORT` serves streamable HTTP at `/mcp` instead. Every HTTP request must carry
+//! `Authorization: Bearer <token>`, which the server's `Auth.Inspect` must accept (else 401), and every call of
+//! that session goes through the proxy as that caller, never with the CLI's own login.
 
 use crate::exit::CliError;
 use crate::settings::Settings;
@@ -43,7 +47,7 @@ pub struct Args {
 /// The subcommands of `micro mcp`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Serve every registered endpoint as an MCP tool, over stdio.
+    /// Serve every registered endpoint as an MCP tool, over stdio (or streamable HTTP with --address).
     Serve(ServeArgs),
 }
 
@@ -68,6 +72,10 @@ pub struct ServeArgs {
     /// The most bytes (of JSON) of a server stream one tool call returns; the stream is cut there.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_bytes: usize,
+    /// Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio; each client authenticates with its own
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -77,6 +85,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs `micro mcp`.
 pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::Serve(args) if args.address.is_some() => serve_http(settings, args).await,
         Command::Serve(args) => serve_stdio(settings, args).await,
     }
 }
@@ -92,6 +101,89 @@ async fn serve_stdio(settings: &Settings, args: ServeArgs) -> anyhow::Result<()>
         .map_err(|e| CliError::failure(format!("MCP handshake failed: {e}")))?;
     running.waiting().await.map_err(|e| CliError::failure(format!("MCP server stopped: {e}")))?;
     Ok(())
+}
+
+/// The caller of an HTTP session: its token (checked by `Auth.Inspect`) and account.
+#[derive(Clone, Debug)]
+struct Caller {
+    token: String,
+    account: String,
+}
+
+async fn serve_http(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let address = args.address.clone().unwrap_or_default();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| CliError::input(format!("cannot listen on {address}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| CliError::failure(e.to_string()))?;
+    let (s, a) = (settings.clone(), args.clone());
+    // Each session its own server (and tool map): what a caller sees depends on who it is.
+    let factory = move || Ok(McpServer::new(s.clone(), a.clone(), String::new()));
+    // The host allow-list guards against DNS rebinding from browsers; every request here needs a bearer token
+    // that a rebinding page cannot have, and the server may well be reached by another name than localhost.
+    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    let service = StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+    let app = axum::Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(settings.clone(), authenticate));
+    eprintln!("micro mcp serving streamable HTTP at http://{local}/mcp");
+    axum::serve(listener, app).await.map_err(|e| CliError::failure(format!("MCP HTTP server stopped: {e}")))?;
+    Ok(())
+}
+
+/// Lets through only requests whose bearer token the server accepts, marking them with their [`Caller`].
+async fn authenticate(
+    axum::extract::State(settings): axum::extract::State<Settings>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let Some(token) = token else {
+        return unauthorized("this MCP server needs `Authorization: Bearer <token>` (see `micro user token`)");
+    };
+    match inspect(&settings, &token).await {
+        Ok(account) => {
+            request.extensions_mut().insert(Caller { token, account });
+            next.run(request).await
+        }
+        Err(reason) => unauthorized(&reason),
+    }
+}
+
+/// The account of a token, asked of the server (`Auth.Inspect`).
+async fn inspect(settings: &Settings, token: &str) -> Result<String, String> {
+    use micro_core::proto::auth::InspectRequest;
+    let conn = settings.connect().map_err(|e| e.message)?.with_token(Some(token));
+    let req = conn.request(InspectRequest { token: token.to_string(), options: None });
+    match conn.auth().inspect(req).await {
+        Ok(resp) => resp.into_inner().account.map(|a| a.id).ok_or_else(|| "the token has no account".to_string()),
+        Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+            Err(format!("the token was refused: {}", s.message()))
+        }
+        Err(s) => Err(format!("cannot check the token: {}", status_text(&s))),
+    }
+}
+
+fn unauthorized(reason: &str) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(format!("{reason}\n")));
+    *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The HTTP caller of a request, if it came over HTTP.
+fn caller(context: &RequestContext<RoleServer>) -> Option<Caller> {
+    context.extensions.get::<axum::http::request::Parts>()?.extensions.get::<Caller>().cloned()
 }
 
 /// One tool: the endpoint it calls.
@@ -117,8 +209,12 @@ impl McpServer {
         Self { settings, args, account, tools: Arc::default() }
     }
 
-    async fn connection(&self) -> Result<Connection, CliError> {
-        self.settings.connect_authed().await
+    /// The connection calls are made on: as the HTTP caller, else with the CLI's login.
+    async fn connection(&self, caller: Option<&Caller>) -> Result<Connection, CliError> {
+        match caller {
+            Some(c) => Ok(self.settings.connect()?.with_token(Some(&c.token))),
+            None => self.settings.connect_authed().await,
+        }
     }
 
     /// Whether a service is exposed.
@@ -133,8 +229,8 @@ impl McpServer {
     }
 
     /// Every tool of every exposed service, fresh from the registry.
-    async fn load_tools(&self) -> Result<Vec<(Tool, Endpoint)>, CliError> {
-        let conn = self.connection().await?;
+    async fn load_tools(&self, caller: Option<&Caller>) -> Result<Vec<(Tool, Endpoint)>, CliError> {
+        let conn = self.connection(caller).await?;
         let ctx = crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.ListServices".into() };
         let services = conn.list_services().await.map_err(|s| crate::exit::from_status(&s, &ctx))?;
         let mut names: Vec<String> = services.into_iter().map(|s| s.name).filter(|n| self.exposed(n)).collect();
@@ -153,8 +249,8 @@ impl McpServer {
         Ok(out)
     }
 
-    async fn refresh(&self) -> Result<Vec<Tool>, CliError> {
-        let loaded = self.load_tools().await?;
+    async fn refresh(&self, caller: Option<&Caller>) -> Result<Vec<Tool>, CliError> {
+        let loaded = self.load_tools(caller).await?;
         let mut map = HashMap::new();
         let mut tools = Vec::new();
         for (tool, endpoint) in loaded {
@@ -165,11 +261,11 @@ impl McpServer {
         Ok(tools)
     }
 
-    async fn find(&self, name: &str) -> Result<Option<Endpoint>, CliError> {
+    async fn find(&self, name: &str, caller: Option<&Caller>) -> Result<Option<Endpoint>, CliError> {
         if let Some(e) = self.tools.lock().expect("tools lock").get(name).cloned() {
             return Ok(Some(e));
         }
-        self.refresh().await?;
+        self.refresh(caller).await?;
         Ok(self.tools.lock().expect("tools lock").get(name).cloned())
     }
 
@@ -182,7 +278,7 @@ impl McpServer {
     ) -> Result<CallToolResult, String> {
         let method = &endpoint.method;
         let requests = requests(method, arguments)?;
-        let conn = self.connection().await.map_err(|e| e.message)?;
+        let conn = self.connection(caller(context).as_ref()).await.map_err(|e| e.message)?;
         let options = CallOptions {
             metadata: Vec::new(),
             timeout: Some(self.args.timeout),
@@ -419,9 +515,9 @@ impl ServerHandler for McpServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = self.refresh().await.map_err(|e| McpError::internal_error(e.message, None))?;
+        let tools = self.refresh(caller(&context).as_ref()).await.map_err(|e| McpError::internal_error(e.message, None))?;
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -432,7 +528,8 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let started = Instant::now();
         let name = request.name.to_string();
-        let endpoint = match self.find(&name).await {
+        let caller = caller(&context);
+        let endpoint = match self.find(&name, caller.as_ref()).await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(McpError::invalid_params(format!("unknown tool {name:?}"), None)),
             Err(e) => return Err(McpError::internal_error(e.message, None)),
@@ -446,7 +543,8 @@ impl ServerHandler for McpServer {
                 (error_result(e), text)
             }
         };
-        audit(&self.account, &name, &outcome_text, started.elapsed());
+        let account = caller.as_ref().map_or(self.account.as_str(), |c| c.account.as_str());
+        audit(account, &name, &outcome_text, started.elapsed());
         Ok(result.into())
     }
 }

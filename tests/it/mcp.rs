@@ -1,25 +1,31 @@
 //! `micro mcp serve` driven by the official Python MCP SDK (tests/it/fixtures/mcp_client.py): tools listed from
-//! the registry with their schemas, a unary call, a bad argument, server and bidi streams.
+//! the registry with their schemas, a unary call, a bad argument, server and bidi streams; over stdio with the
+//! CLI's login, and over streamable HTTP where each caller brings its own token.
 
-use crate::support::{DEADLINE, Platform, clean_env, library_dir, micro_bin};
+use crate::support::{DEADLINE, Platform, clean_env, closed_port, library_dir, micro_bin};
 use serde_json::Value;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Runs the Python client's scenario against `micro mcp serve ARGS` over stdio, with the platform's CLI
-/// environment (so the server uses the admin's login), and returns its report and `micro`'s stderr.
-fn python_client(p: &Platform, mode: &str, args: &[&str]) -> (Value, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/mcp_client.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(mode).arg(micro_bin()).args(args);
-    clean_env(&mut cmd);
+/// `cmd` with the platform's CLI environment: its proxy, and the admin's login in its config dir.
+fn cli_env(p: &Platform, cmd: &mut Command) {
+    clean_env(cmd);
     cmd.env("HOME", p.path("home"))
         .env("MICRO_CONFIG_DIR", p.path("config"))
         .env("MICRO_CACHE_DIR", p.path("cache"))
         .env("MICRO_LIBRARY_DIR", library_dir())
-        .env("MICRO_PROXY", &p.addr)
-        .stdin(Stdio::null())
+        .env("MICRO_PROXY", &p.addr);
+}
+
+/// Runs the Python client (tests/it/fixtures/mcp_client.py) with `args` and returns its report and stderr.
+fn python_client(p: &Platform, args: &[&str]) -> (Value, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/mcp_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).args(args);
+    cli_env(p, &mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
@@ -32,11 +38,8 @@ fn python_client(p: &Platform, mode: &str, args: &[&str]) -> (Value, String) {
     (report, stderr)
 }
 
-#[test]
-fn stdio_tools_calls_and_streams() {
-    let p = Platform::with(&["helloworld"]);
-    let (r, stderr) = python_client(&p, "stdio", &["--max-messages", "5"]);
-
+/// Checks the report of the client's scenario (run with `--max-messages 5`).
+fn check_scenario(r: &Value) {
     // Tools: helloworld's endpoints, no core service without --core.
     let tools = r["tools"].as_object().unwrap();
     let names: Vec<&String> = tools.keys().collect();
@@ -82,8 +85,54 @@ fn stdio_tools_calls_and_streams() {
     assert_eq!(r["pingpong"]["is_error"], false, "{}", r["pingpong"]);
     let pongs = r["pingpong"]["structured"]["messages"].as_array().unwrap();
     assert_eq!(pongs.iter().map(|m| m["stroke"].as_str().unwrap()).collect::<Vec<_>>(), ["1", "2"]);
+}
+
+#[test]
+fn stdio_tools_calls_and_streams() {
+    let p = Platform::with(&["helloworld"]);
+    let micro = micro_bin().display().to_string();
+    let (r, stderr) = python_client(&p, &["stdio", &micro, "--max-messages", "5"]);
+    check_scenario(&r);
 
     // The audit log: one line per call, on stderr.
     assert!(stderr.contains("mcp call account=admin tool=helloworld_Helloworld_Call outcome=\"ok\""), "{stderr}");
     assert!(stderr.contains("tool=helloworld_Helloworld_Call outcome=\"error: invalid argument"), "{stderr}");
+}
+
+#[test]
+fn http_callers_bring_their_own_token() {
+    let p = Platform::with(&["helloworld"]);
+    // A caller whose rules deny helloworld.
+    p.micro(["auth", "create", "account", "viewer", "--secret", "s3cret", "--scopes", "viewer"]).ok();
+    let deny = ["auth", "create", "rule", "no-hello", "--resource", "service:helloworld:*", "--scope", "viewer"];
+    p.micro(deny.iter().chain(&["--access", "denied", "--priority", "100"])).ok();
+    let body = serde_json::json!({ "id": "viewer", "secret": "s3cret" }).to_string();
+    let token = p.micro(["call", "auth", "Auth.Token", &body, "-o", "raw"]).ok().json()["token"]["access_token"].clone();
+    let viewer = token.as_str().expect("an access token").to_string();
+
+    let address = format!("127.0.0.1:{}", closed_port());
+    let mut cmd = Command::new(micro_bin());
+    cmd.args(["mcp", "serve", "--max-messages", "5", "--address", &address]);
+    cli_env(&p, &mut cmd);
+    let mut server = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "micro mcp serve did not listen on {address}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://{address}/mcp");
+    let (r, _) = python_client(&p, &["http", &url, p.token(), &viewer]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut log = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+
+    check_scenario(&r);
+    assert_eq!(r["no_token_status"], 401, "{r}");
+    assert_eq!(r["bad_token_status"], 401, "{r}");
+    assert_eq!(r["denied"]["is_error"], true, "{}", r["denied"]);
+    assert!(r["denied"]["text"].as_str().unwrap().starts_with("PermissionDenied"), "{}", r["denied"]);
+    // The audit log names each caller.
+    assert!(log.contains("account=admin tool=helloworld_Helloworld_Call outcome=\"ok\""), "{log}");
+    assert!(log.contains("account=viewer tool=helloworld_Helloworld_Call outcome=\"error: PermissionDenied"), "{log}");
 }
