@@ -183,7 +183,11 @@ fn unauthorized(reason: &str) -> axum::response::Response {
 
 /// The HTTP caller of a request, if it came over HTTP.
 fn caller(context: &RequestContext<RoleServer>) -> Option<Caller> {
-    context.extensions.get::<axum::http::request::Parts>()?.extensions.get::<Caller>().cloned()
+    caller_of(&context.extensions)
+}
+
+fn caller_of(extensions: &rmcp::model::Extensions) -> Option<Caller> {
+    extensions.get::<axum::http::request::Parts>()?.extensions.get::<Caller>().cloned()
 }
 
 /// One tool: the endpoint it calls.
@@ -267,6 +271,58 @@ impl McpServer {
         }
         self.refresh(caller).await?;
         Ok(self.tools.lock().expect("tools lock").get(name).cloned())
+    }
+
+    /// Follows the registry (`Registry.Watch`) and tells the client when the tools change: a service of those
+    /// exposed registers, changes its endpoints, or goes away. Ends when the client's transport closes.
+    async fn watch_registry(self, caller: Option<Caller>, peer: rmcp::Peer<RoleServer>) -> Result<(), CliError> {
+        use micro_core::proto::registry::{Options, WatchRequest};
+        let conn = self.connection(caller.as_ref()).await?;
+        let request = conn.request(WatchRequest {
+            service: String::new(),
+            options: Some(Options { ttl: 0, domain: conn.namespace().to_string() }),
+        });
+        let ctx = crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.Watch".into() };
+        let mut events = conn.registry().watch(request).await.map_err(|s| crate::exit::from_status(&s, &ctx))?.into_inner();
+        let endpoints = |s: &micro_core::proto::registry::Service| -> Vec<String> {
+            let mut e: Vec<String> = s.endpoints.iter().map(|e| e.method.clone()).collect();
+            e.sort();
+            e
+        };
+        let mut known: HashMap<String, Vec<String>> = HashMap::new();
+        if let Ok(services) = conn.list_services().await {
+            for s in services.iter().filter(|s| self.exposed(&s.name)) {
+                known.insert(s.name.clone(), endpoints(s));
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let event = tokio::select! {
+                e = events.message() => e,
+                _ = tick.tick() => {
+                    if peer.is_transport_closed() { return Ok(()); }
+                    continue;
+                }
+            };
+            let Ok(Some(event)) = event else { return Ok(()) };
+            let Some(service) = event.service else { continue };
+            if !self.exposed(&service.name) {
+                continue;
+            }
+            let changed = match event.action.as_str() {
+                "delete" => known.remove(&service.name).is_some(),
+                _ => {
+                    let now = endpoints(&service);
+                    known.insert(service.name.clone(), now.clone()) != Some(now)
+                }
+            };
+            if changed {
+                tracing::debug!(service = %service.name, action = %event.action, "tools changed");
+                if peer.notify_tool_list_changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Makes one call; `Ok` is the tool's result, errors included.
@@ -510,6 +566,16 @@ impl ServerHandler for McpServer {
                 "Each tool calls one endpoint of a service registered with micro. Arguments are the request \
                  message as JSON (proto field names); the result is the response as JSON.",
             )
+    }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let watcher = self.clone();
+        let caller = caller_of(&context.extensions);
+        tokio::spawn(async move {
+            if let Err(e) = watcher.watch_registry(caller, context.peer).await {
+                eprintln!("mcp: cannot follow the registry, so tools/list_changed is not sent: {}", e.message);
+            }
+        });
     }
 
     async fn list_tools(

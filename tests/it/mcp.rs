@@ -2,7 +2,7 @@
 //! the registry with their schemas, a unary call, a bad argument, server and bidi streams; over stdio with the
 //! CLI's login, and over streamable HTTP where each caller brings its own token.
 
-use crate::support::{DEADLINE, Platform, clean_env, closed_port, library_dir, micro_bin};
+use crate::support::{DEADLINE, Platform, clean_env, closed_port, example_bin, library_dir, micro_bin};
 use serde_json::Value;
 use std::io::Read;
 use std::path::Path;
@@ -135,4 +135,18 @@ fn http_callers_bring_their_own_token() {
     // The audit log names each caller.
     assert!(log.contains("account=admin tool=helloworld_Helloworld_Call outcome=\"ok\""), "{log}");
     assert!(log.contains("account=viewer tool=helloworld_Helloworld_Call outcome=\"error: PermissionDenied"), "{log}");
+}
+
+#[test]
+fn tools_follow_the_registry() {
+    let p = Platform::with(&["helloworld"]);
+    let micro = micro_bin().display().to_string();
+    let echo = example_bin("echo").display().to_string();
+    let (r, _) = python_client(&p, &["watch", &micro, &echo]);
+    let has_echo = |list: &Value| list.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("echo_"));
+    assert!(!has_echo(&r["before"]), "{r}");
+    assert_eq!(r["changed_on_register"], true, "{r}");
+    assert!(has_echo(&r["after"]), "{r}");
+    assert_eq!(r["changed_on_deregister"], true, "{r}");
+    assert!(!has_echo(&r["last"]), "{r}");
 }
