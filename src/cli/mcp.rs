@@ -76,6 +76,71 @@ pub struct ServeArgs {
     /// `Authorization: Bearer <token>`.
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
+    /// Expose only endpoints that are safe to call: marked `option idempotency_level = NO_SIDE_EFFECTS`, or named
+    /// Get*, List* or Read*.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The most tool calls each caller may make, e.g. `10/s` or `100/m` (no limit by default).
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+}
+
+/// A rate limit: `calls` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    calls: f64,
+    per: Duration,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("invalid rate {s:?}: try 10/s or 100/m");
+    let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+    let calls: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if calls == 0 {
+        return Err(bad());
+    }
+    Ok(Rate { calls: calls as f64, per })
+}
+
+/// Token buckets of the callers, by account: each holds up to `calls` and refills at `calls` per `per`.
+#[derive(Debug, Default)]
+struct Limiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Limiter {
+    /// Takes one call from `account`'s bucket; `Err` is how long until the next call is allowed.
+    fn take(&self, rate: Rate, account: &str, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        let (tokens, last) = buckets.entry(account.to_string()).or_insert((rate.calls, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() / rate.per.as_secs_f64() * rate.calls;
+        *tokens = (*tokens + refill).min(rate.calls);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate.calls * rate.per.as_secs_f64()))
+        }
+    }
+}
+
+/// Whether an endpoint is safe to expose with `--read-only`.
+fn is_read_only(method: &MethodDescriptor) -> bool {
+    // google.protobuf.MethodOptions.IdempotencyLevel.NO_SIDE_EFFECTS
+    const NO_SIDE_EFFECTS: i32 = 1;
+    let marked = method
+        .options()
+        .get_field_by_name("idempotency_level")
+        .and_then(|v| v.as_enum_number())
+        .is_some_and(|level| level == NO_SIDE_EFFECTS);
+    marked || ["Get", "List", "Read"].iter().any(|p| method.name().starts_with(p))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -94,7 +159,7 @@ async fn serve_stdio(settings: &Settings, args: ServeArgs) -> anyhow::Result<()>
     // Fail early, before the client's handshake, when there is no usable login.
     settings.connect_authed().await?;
     let account = settings.stored_token().ok().flatten().map(|(_, t)| t.account_id).unwrap_or_default();
-    let server = McpServer::new(settings.clone(), args, account);
+    let server = McpServer::new(settings.clone(), args, account, Arc::default());
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -119,9 +184,10 @@ async fn serve_http(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .map_err(|e| CliError::input(format!("cannot listen on {address}: {e}")))?;
     let local = listener.local_addr().map_err(|e| CliError::failure(e.to_string()))?;
-    let (s, a) = (settings.clone(), args.clone());
-    // Each session its own server (and tool map): what a caller sees depends on who it is.
-    let factory = move || Ok(McpServer::new(s.clone(), a.clone(), String::new()));
+    let (s, a, limiter) = (settings.clone(), args.clone(), Arc::<Limiter>::default());
+    // Each session its own server (and tool map): what a caller sees depends on who it is. The rate limits are
+    // per account across sessions.
+    let factory = move || Ok(McpServer::new(s.clone(), a.clone(), String::new(), limiter.clone()));
     // The host allow-list guards against DNS rebinding from browsers; every request here needs a bearer token
     // that a rebinding page cannot have, and the server may well be reached by another name than localhost.
     let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
@@ -206,11 +272,13 @@ pub struct McpServer {
     account: String,
     /// The tools of the last listing, by name.
     tools: Arc<Mutex<HashMap<String, Endpoint>>>,
+    /// The callers' rate limits.
+    limiter: Arc<Limiter>,
 }
 
 impl McpServer {
-    fn new(settings: Settings, args: ServeArgs, account: String) -> Self {
-        Self { settings, args, account, tools: Arc::default() }
+    fn new(settings: Settings, args: ServeArgs, account: String, limiter: Arc<Limiter>) -> Self {
+        Self { settings, args, account, tools: Arc::default(), limiter }
     }
 
     /// The connection calls are made on: as the HTTP caller, else with the CLI's login.
@@ -235,7 +303,8 @@ impl McpServer {
     /// Every tool of every exposed service, fresh from the registry.
     async fn load_tools(&self, caller: Option<&Caller>) -> Result<Vec<(Tool, Endpoint)>, CliError> {
         let conn = self.connection(caller).await?;
-        let ctx = crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.ListServices".into() };
+        let ctx =
+            crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.ListServices".into() };
         let services = conn.list_services().await.map_err(|s| crate::exit::from_status(&s, &ctx))?;
         let mut names: Vec<String> = services.into_iter().map(|s| s.name).filter(|n| self.exposed(n)).collect();
         names.sort();
@@ -246,6 +315,9 @@ impl McpServer {
             let Ok((service, Some(schema))) = cache.resolve(&conn, &name, false).await else { continue };
             for ep in &service.endpoints {
                 let Some(method) = schema::find_method(&schema.pool, &ep.method) else { continue };
+                if self.args.read_only && !is_read_only(&method) {
+                    continue;
+                }
                 let endpoint = Endpoint { service: service.name.clone(), method };
                 out.push((tool(&endpoint), endpoint));
             }
@@ -283,7 +355,8 @@ impl McpServer {
             options: Some(Options { ttl: 0, domain: conn.namespace().to_string() }),
         });
         let ctx = crate::exit::RpcContext { address: self.settings.proxy.clone(), endpoint: "Registry.Watch".into() };
-        let mut events = conn.registry().watch(request).await.map_err(|s| crate::exit::from_status(&s, &ctx))?.into_inner();
+        let mut events =
+            conn.registry().watch(request).await.map_err(|s| crate::exit::from_status(&s, &ctx))?.into_inner();
         let endpoints = |s: &micro_core::proto::registry::Service| -> Vec<String> {
             let mut e: Vec<String> = s.endpoints.iter().map(|e| e.method.clone()).collect();
             e.sort();
@@ -445,7 +518,11 @@ fn requests(method: &MethodDescriptor, mut arguments: Map<String, Value>) -> Res
 }
 
 /// Converts arguments to a message; an error names the first field that does not convert.
-fn to_message(descriptor: &MessageDescriptor, object: Map<String, Value>, prefix: &str) -> Result<DynamicMessage, String> {
+fn to_message(
+    descriptor: &MessageDescriptor,
+    object: Map<String, Value>,
+    prefix: &str,
+) -> Result<DynamicMessage, String> {
     match DynamicMessage::deserialize(descriptor.clone(), Value::Object(object.clone())) {
         Ok(m) => Ok(m),
         Err(e) => Err(match bad_field(descriptor, &object) {
@@ -464,7 +541,10 @@ fn bad_field(descriptor: &MessageDescriptor, object: &Map<String, Value>) -> Opt
         let field = descriptor.get_field_by_name(key).or_else(|| descriptor.get_field_by_json_name(key));
         let Some(field) = field else {
             let names: Vec<String> = descriptor.fields().map(|f| f.name().to_string()).collect();
-            return Some((key.clone(), format!("no such field in {}; fields: {}", descriptor.name(), names.join(", "))));
+            return Some((
+                key.clone(),
+                format!("no such field in {}; fields: {}", descriptor.name(), names.join(", ")),
+            ));
         };
         if let (Kind::Message(m), Value::Object(inner)) = (field.kind(), value)
             && !field.is_map()
@@ -532,7 +612,12 @@ fn tool(endpoint: &Endpoint) -> Tool {
     };
     let mut t = Tool::new(name, description, Arc::new(input_schema));
     t.output_schema = Some(Arc::new(output_schema));
-    t.annotations = Some(ToolAnnotations::with_title(format!("{} {}", endpoint.service, schema::endpoint_name(method))));
+    let mut annotations =
+        ToolAnnotations::with_title(format!("{} {}", endpoint.service, schema::endpoint_name(method)));
+    if is_read_only(method) {
+        annotations.read_only_hint = Some(true);
+    }
+    t.annotations = Some(annotations);
     t
 }
 
@@ -583,7 +668,8 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = self.refresh(caller(&context).as_ref()).await.map_err(|e| McpError::internal_error(e.message, None))?;
+        let tools =
+            self.refresh(caller(&context).as_ref()).await.map_err(|e| McpError::internal_error(e.message, None))?;
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -595,6 +681,19 @@ impl ServerHandler for McpServer {
         let started = Instant::now();
         let name = request.name.to_string();
         let caller = caller(&context);
+        let account = caller.as_ref().map_or(self.account.as_str(), |c| c.account.as_str()).to_string();
+        if let Some(rate) = self.args.rate
+            && let Err(wait) = self.limiter.take(rate, &account, Instant::now())
+        {
+            audit(&account, &name, "rate limited", started.elapsed());
+            return Ok(error_result(format!(
+                "rate limit: at most {} calls per {:?} for {account}; retry in {}ms",
+                rate.calls,
+                rate.per,
+                wait.as_millis().max(1)
+            ))
+            .into());
+        }
         let endpoint = match self.find(&name, caller.as_ref()).await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(McpError::invalid_params(format!("unknown tool {name:?}"), None)),
@@ -609,8 +708,7 @@ impl ServerHandler for McpServer {
                 (error_result(e), text)
             }
         };
-        let account = caller.as_ref().map_or(self.account.as_str(), |c| c.account.as_str());
-        audit(account, &name, &outcome_text, started.elapsed());
+        audit(&account, &name, &outcome_text, started.elapsed());
         Ok(result.into())
     }
 }
@@ -636,6 +734,43 @@ mod tests {
         assert_eq!(a, tool_name(&long, "H", "M"));
         assert_ne!(a, tool_name(&long, "H", "N"));
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+
+    #[test]
+    fn rates_and_buckets() {
+        assert_eq!(parse_rate("10/s").unwrap(), Rate { calls: 10.0, per: Duration::from_secs(1) });
+        assert_eq!(parse_rate("100/m").unwrap().per, Duration::from_secs(60));
+        assert!(parse_rate("0/s").is_err() && parse_rate("ten/s").is_err() && parse_rate("10").is_err());
+        let limiter = Limiter::default();
+        let rate = parse_rate("2/s").unwrap();
+        let t0 = Instant::now();
+        assert!(limiter.take(rate, "a", t0).is_ok());
+        assert!(limiter.take(rate, "a", t0).is_ok());
+        let wait = limiter.take(rate, "a", t0).unwrap_err();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(limiter.take(rate, "b", t0).is_ok(), "each caller has its own bucket");
+        assert!(limiter.take(rate, "a", t0 + Duration::from_millis(500)).is_ok(), "refilled");
+    }
+
+    #[test]
+    fn read_only_endpoints() {
+        let schema = Schema::decode(micro_core::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let get = schema::find_method(&schema.pool, "/registry.Registry/GetService").unwrap();
+        let register = schema::find_method(&schema.pool, "/registry.Registry/Register").unwrap();
+        assert!(is_read_only(&get));
+        assert!(!is_read_only(&register));
+        // The idempotency_level option marks a method of any name.
+        let dir = tempfile::tempdir().unwrap();
+        let proto = r#"syntax = "proto3"; package t; message M {}
+            service S {
+              rpc Fetch(M) returns (M) { option idempotency_level = NO_SIDE_EFFECTS; }
+              rpc Put(M) returns (M) { option idempotency_level = IDEMPOTENT; }
+            }"#;
+        std::fs::write(dir.path().join("t.proto"), proto).unwrap();
+        let files = protox::compile(["t.proto"], [dir.path()]).unwrap();
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(files).unwrap();
+        assert!(is_read_only(&schema::find_method(&pool, "/t.S/Fetch").unwrap()));
+        assert!(!is_read_only(&schema::find_method(&pool, "/t.S/Put").unwrap()));
     }
 
     #[test]

@@ -25,9 +25,7 @@ fn python_client(p: &Platform, args: &[&str]) -> (Value, String) {
     let mut cmd = Command::new("python3");
     cmd.arg(&script).args(args);
     cli_env(p, &mut cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
     let out = cmd.output().expect("python3 runs (the MCP client needs `pip install mcp`)");
     assert!(started.elapsed() < DEADLINE * 2, "the MCP client took {:?}", started.elapsed());
@@ -107,7 +105,8 @@ fn http_callers_bring_their_own_token() {
     let deny = ["auth", "create", "rule", "no-hello", "--resource", "service:helloworld:*", "--scope", "viewer"];
     p.micro(deny.iter().chain(&["--access", "denied", "--priority", "100"])).ok();
     let body = serde_json::json!({ "id": "viewer", "secret": "s3cret" }).to_string();
-    let token = p.micro(["call", "auth", "Auth.Token", &body, "-o", "raw"]).ok().json()["token"]["access_token"].clone();
+    let token =
+        p.micro(["call", "auth", "Auth.Token", &body, "-o", "raw"]).ok().json()["token"]["access_token"].clone();
     let viewer = token.as_str().expect("an access token").to_string();
 
     let address = format!("127.0.0.1:{}", closed_port());
@@ -149,4 +148,30 @@ fn tools_follow_the_registry() {
     assert!(has_echo(&r["after"]), "{r}");
     assert_eq!(r["changed_on_deregister"], true, "{r}");
     assert!(!has_echo(&r["last"]), "{r}");
+}
+
+#[test]
+fn read_only_and_rate_limits() {
+    let p = Platform::with(&["helloworld"]);
+    let micro = micro_bin().display().to_string();
+
+    // --read-only: only Get*/List*/Read* (or NO_SIDE_EFFECTS) endpoints; here of the core services.
+    let (r, _) = python_client(&p, &["probe", &micro, "--read-only", "--core"]);
+    let tools: Vec<&str> = r["tools"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tools.contains(&"registry_Registry_GetService"), "{tools:?}");
+    assert!(tools.contains(&"registry_Registry_ListServices"), "{tools:?}");
+    assert!(!tools.contains(&"registry_Registry_Register"), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("helloworld_")), "{tools:?}");
+    let call = &r["calls"][0];
+    assert!(call["exception"].as_str().is_some_and(|e| e.contains("unknown tool")), "{call}");
+
+    // --rate 2/s: two calls pass, the next ones in the same second are refused, naming the limit.
+    let (r, stderr) = python_client(&p, &["probe", &micro, "--rate", "2/s"]);
+    assert!(stderr.contains("tool=helloworld_Helloworld_Call outcome=\"rate limited\""), "{stderr}");
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["is_error"], false, "{r}");
+    assert_eq!(calls[1]["is_error"], false, "{r}");
+    let limited: Vec<&Value> = calls.iter().filter(|c| c["is_error"] == true).collect();
+    assert!(!limited.is_empty(), "{r}");
+    assert!(limited[0]["text"].as_str().unwrap().starts_with("rate limit: at most 2 calls per 1s for admin"), "{r}");
 }

@@ -82,7 +82,9 @@ fn kind_value(kind: &Kind, stack: &mut Vec<String>) -> Value {
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             json!({ "type": "integer", "format": "int32", "minimum": i32::MIN, "maximum": i32::MAX })
         }
-        Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX }),
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({ "type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX })
+        }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
             "type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$",
             "description": "a 64-bit integer, as a decimal string or a number"
