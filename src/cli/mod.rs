@@ -23,6 +23,7 @@ pub mod login;
 pub mod logout;
 pub mod logs;
 pub mod man;
+pub mod mcp;
 pub mod new;
 pub mod output;
 pub mod run;
@@ -139,6 +140,10 @@ pub enum Command {
     Broker(broker::Args),
     /// Publish, consume and read durable events.
     Events(events::Args),
+    /// Serve every registered endpoint as a Model Context Protocol tool for AI agents.
+    #[command(after_help = "Examples:\n  micro mcp serve\n  micro mcp serve --services helloworld --read-only\n  \
+        micro mcp serve --address 127.0.0.1:8090 --rate 10/s")]
+    Mcp(mcp::Args),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  micro completion bash > /etc/bash_completion.d/micro\n  \
         micro completion zsh > \"${fpath[1]}/_micro\"\n  micro completion fish > ~/.config/fish/completions/micro.fish")]
@@ -215,6 +220,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::User(args) => user::exec(&settings, args).await,
         Command::Auth(args) => auth::exec(&settings, args).await,
         Command::Run(args) => run::exec(&settings, args).await,
+        Command::Mcp(args) => mcp::exec(&settings, args).await,
         Command::Update(args) => run::exec_update(&settings, args).await,
         Command::Kill(args) => kill::exec(&settings, args).await,
         Command::Status(args) => status::exec(&settings, args).await,

@@ -19,6 +19,7 @@ mod etcd;
 mod events;
 mod gateway;
 mod interactive;
+mod mcp;
 #[cfg(feature = "nats")]
 mod nats;
 mod new;

@@ -8,6 +8,7 @@ pub mod describe;
 pub mod diagnose;
 pub mod dynamic;
 pub mod json;
+pub mod json_schema;
 pub mod reflection;
 pub mod schema_cache;
 pub mod tls;
