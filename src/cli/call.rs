@@ -102,7 +102,8 @@ pub async fn exec(settings: &Settings, args: Args) -> anyhow::Result<()> {
     if let Some(tool) = args.print {
         return dynamic::print::print(settings, &invocation, tool);
     }
-    dynamic::invoke(settings, &conn, invocation, settings.output).await
+    let errors = dynamic::proxy_error(settings, &invocation.method);
+    dynamic::invoke(settings, &conn, invocation, settings.output, &errors).await
 }
 
 #[cfg(test)]

@@ -6,26 +6,27 @@
 //! `FileDescriptorSet`, as `protoc -o` and `buf build -o` write), or else from the server's gRPC reflection (v1,
 //! then v1alpha). The method is `pkg.Service/Method`, `/pkg.Service/Method`, `pkg.Service.Method`, or
 //! `Service.Method` / `Method` when only one service has it. Requests, responses, metadata, deadlines and output
-//! formats work as in calls through the proxy. The connection is plaintext unless `--tls` (or an `https://`
+//! formats work as in calls through the proxy, and so do requests from `@FILE`, `@-` and a piped stdin, JSON errors
+//! that name the field, `-H/--header`, `--timeout` and the 64 MiB message limit (the call itself is
+//! [`dynamic::invoke`]'s). `--print grpcurl` prints the grpcurl command against the address. The connection is plaintext unless `--tls` (or an `https://`
 //! address) is given; `--ca-cert` adds a CA to trust and `--client-cert`/`--client-key` present a certificate.
 
 use super::call;
-use super::output::{Printer, message_to_json};
+use super::dynamic::print::{self, Print, quote};
+use super::dynamic::{self, Invocation, Requests, request};
+use super::output::Printer;
 use crate::exit::{CliError, ExitStatus, RpcContext, from_status};
 use crate::settings::{Output, Settings};
-use futures::StreamExt;
 use micro_client::Connection;
 use micro_client::diagnose::{Finding, probe};
-use micro_client::dynamic::DynamicCodec;
 use micro_client::reflection::{ReflectionError, reflect};
 use micro_client::tls::Target;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{DescriptorPool, MethodDescriptor};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
-/// The deadline of unary calls and of the reflection conversation when `--timeout` is not given.
+/// The deadline of the reflection conversation when `--timeout` is not given (calls default as through the proxy).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The heading of the direct-call flags in `micro call --help`.
@@ -81,7 +82,9 @@ pub async fn exec(settings: &Settings, args: call::Args) -> anyhow::Result<()> {
     // The TLS flags alone: the env's CA and client certificate belong to its proxy, not to this server.
     let conn = Connection::with_tls(&target.url(), "", &settings.tls_flags)
         .map_err(|e| CliError::input(format!("Invalid --address: {e}")))?;
-    let metadata = metadata(&call::parse_metadata(&args.metadata)?)?;
+    let mut pairs = call::parse_metadata(&args.metadata)?;
+    pairs.extend(call::parse_headers(&args.header)?);
+    let metadata = metadata(&pairs)?;
 
     let pool = if !direct.protoset.is_empty() {
         protoset_pool(&direct.protoset)?
@@ -110,8 +113,51 @@ pub async fn exec(settings: &Settings, args: call::Args) -> anyhow::Result<()> {
     // With --address the endpoint argument holds the first word of the request.
     let words: Vec<String> =
         std::iter::once(args.endpoint.clone()).filter(|w| !w.is_empty()).chain(args.request.iter().cloned()).collect();
-    let first = if words.is_empty() { None } else { Some(parse_request(&method.input(), &words.join(" "))?) };
-    invoke(settings, &conn, &target, method, first, metadata, args.timeout).await
+    let requests = request::for_call(&method, call::source(&words)?, settings.stdin_tty, settings.stderr_tty).await?;
+    let invocation = Invocation { service: String::new(), method, requests, metadata: pairs, timeout: args.timeout };
+    if let Some(tool) = args.print {
+        let line = print_command(&invocation, &target, &direct, tool)?;
+        Printer::new(None, Output::Raw).line(line)?;
+        return Ok(());
+    }
+    let endpoint = micro_core::schema::endpoint_name(&invocation.method);
+    let errors = |status: &tonic::Status| rpc_error(status, &target, &endpoint);
+    dynamic::invoke(settings, &conn, invocation, settings.output, &errors).await
+}
+
+/// The grpcurl command that makes a direct call: against the server's address, with the `--proto`,
+/// `--import-path` and `--protoset` files given. curl has no gRPC, so `--print curl` is refused.
+fn print_command(call: &Invocation, target: &Target, direct: &DirectArgs, tool: Print) -> Result<String, CliError> {
+    if tool == Print::Curl {
+        return Err(CliError::input(
+            "--print curl goes through micro's HTTP API gateway, which a direct call (--address) does not use: \
+             use --print grpcurl, or leave out --address",
+        ));
+    }
+    let mut words = vec!["grpcurl".to_string()];
+    if !target.tls {
+        words.push("-plaintext".into());
+    }
+    let files = |flag: &str, paths: &[PathBuf]| {
+        paths.iter().flat_map(|p| [flag.to_string(), quote(&p.display().to_string())]).collect::<Vec<_>>()
+    };
+    words.extend(files("-import-path", &direct.import_path));
+    words.extend(files("-proto", &direct.proto));
+    words.extend(files("-protoset", &direct.protoset));
+    for (k, v) in &call.metadata {
+        words.extend(["-H".into(), quote(&format!("{k}: {v}"))]);
+    }
+    if let Some(t) = call.timeout {
+        words.extend(["-max-time".into(), print::seconds(t)]);
+    }
+    words.push("-d".into());
+    words.push(match &call.requests {
+        Requests::Given(messages) => quote(&messages.iter().map(print::compact_json).collect::<Vec<_>>().join(" ")),
+        Requests::StdinLines { .. } => "@".into(),
+    });
+    words.push(quote(&target.authority));
+    words.push(quote(&path(&call.method)));
+    Ok(words.join(" "))
 }
 
 /// The server's address, with `https://` when `--tls` is given.
@@ -232,120 +278,6 @@ pub(crate) fn find_method(pool: &DescriptorPool, name: &str) -> Result<MethodDes
 /// `pkg.Service/Method`.
 fn path(method: &MethodDescriptor) -> String {
     format!("{}/{}", method.parent_service().full_name(), method.name())
-}
-
-/// The request from its JSON text (proto3 mapping).
-fn parse_request(input: &MessageDescriptor, text: &str) -> Result<DynamicMessage, CliError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    DynamicMessage::deserialize(input.clone(), &mut de)
-        .and_then(|m| de.end().map(|_| m))
-        .map_err(|e| CliError::input(format!("Error creating request: {e}")))
-}
-
-/// Makes the call and prints every response as it arrives.
-async fn invoke(
-    settings: &Settings,
-    conn: &Connection,
-    target: &Target,
-    method: MethodDescriptor,
-    first: Option<DynamicMessage>,
-    metadata: MetadataMap,
-    timeout: Option<Duration>,
-) -> anyhow::Result<()> {
-    let printer = Printer::new(settings.output, Output::Json);
-    let streaming_in = method.is_client_streaming();
-    let timeout = timeout.or((!streaming_in && !method.is_server_streaming()).then_some(DEFAULT_TIMEOUT));
-    let endpoint = micro_core::schema::endpoint_name(&method);
-
-    let (bad_input_tx, mut bad_input_rx) = tokio::sync::mpsc::channel::<CliError>(1);
-    let requests: futures::stream::BoxStream<'static, DynamicMessage> = match first {
-        Some(m) => futures::stream::once(async move { m }).boxed(),
-        None if streaming_in => {
-            if settings.stdin_tty {
-                printer.message(format!(
-                    "Reading {} messages from stdin as JSON, one per line; end with Ctrl-D.",
-                    method.input().name()
-                ));
-            }
-            stdin_messages(method.input(), bad_input_tx).boxed()
-        }
-        None => {
-            let empty = DynamicMessage::new(method.input());
-            futures::stream::once(async move { empty }).boxed()
-        }
-    };
-    let mut request = tonic::Request::new(requests);
-    *request.metadata_mut() = metadata;
-    if let Some(t) = timeout {
-        request.set_timeout(t);
-    }
-    let grpc_path = tonic::codegen::http::uri::PathAndQuery::try_from(micro_core::schema::method_path(&method))
-        .map_err(|e| {
-            CliError::new(ExitStatus::MalformedMethod, format!("Method name \"{}\" invalid: {e}", path(&method)))
-        })?;
-    let mut grpc = tonic::client::Grpc::new(conn.channel());
-    if let Err(e) = grpc.ready().await {
-        return Err(rpc_error(&tonic::Status::from_error(e.into()), target, &endpoint).into());
-    }
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut responses = match grpc.streaming(request, grpc_path, DynamicCodec::new(method.output())).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Err(rpc_error(&status, target, &endpoint).into()),
-    };
-    loop {
-        let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, responses.message()).await {
-                Ok(next) => next,
-                Err(_) => return Err(CliError::failure("Request timed out").into()),
-            },
-            None => responses.message().await,
-        };
-        match next {
-            Ok(Some(message)) => printer.json(&message_to_json(&message))?,
-            Ok(None) => break,
-            Err(status) => return Err(rpc_error(&status, target, &endpoint).into()),
-        }
-    }
-    if let Ok(e) = bad_input_rx.try_recv() {
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// Reads JSON messages from stdin, one per line; a bad line ends the stream and is reported.
-fn stdin_messages(
-    descriptor: MessageDescriptor,
-    bad_input: tokio::sync::mpsc::Sender<CliError>,
-) -> impl futures::Stream<Item = DynamicMessage> + Send + 'static {
-    let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    futures::stream::unfold((lines, 0usize), move |(mut lines, mut n)| {
-        let descriptor = descriptor.clone();
-        let bad_input = bad_input.clone();
-        async move {
-            loop {
-                n += 1;
-                let line = match lines.next_line().await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        let _ = bad_input.try_send(CliError::input(format!("reading stdin: {e}")));
-                        return None;
-                    }
-                };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match parse_request(&descriptor, &line) {
-                    Ok(m) => return Some((m, (lines, n))),
-                    Err(e) => {
-                        let message = format!("stdin line {n} is not a valid request: {}", e.message);
-                        let _ = bad_input.try_send(CliError::input(message));
-                        return None;
-                    }
-                }
-            }
-        }
-    })
 }
 
 /// A failed RPC to the server at `target`, as the user sees it: a failure to reach it says what was found there

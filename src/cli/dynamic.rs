@@ -53,7 +53,7 @@ pub enum Requests {
 
 /// One call to make.
 pub struct Invocation {
-    /// The registered service name.
+    /// The registered service name, sent as `micro-service`; empty for a direct call (`--address`), which has none.
     pub service: String,
     /// The method.
     pub method: MethodDescriptor,
@@ -708,7 +708,8 @@ pub async fn exec(settings: &Settings, args: Vec<OsString>) -> anyhow::Result<()
     if let Some(tool) = leaf.try_get_one::<print::Print>("micro::print").ok().flatten() {
         return print::print(settings, &invocation, *tool);
     }
-    invoke(settings, &conn, invocation, output).await
+    let errors = proxy_error(settings, &invocation.method);
+    invoke(settings, &conn, invocation, output, &errors).await
 }
 
 fn clap_error(e: clap::Error, cmd: &Command, argv: &[String]) -> CliError {
@@ -764,20 +765,30 @@ fn clap_error(e: clap::Error, cmd: &Command, argv: &[String]) -> CliError {
     }
 }
 
-/// Makes the call and prints every response as it arrives.
+/// A failed RPC as the user sees it, for the target of the call (the proxy, or a server called directly).
+pub type RpcError<'a> = &'a dyn Fn(&tonic::Status) -> CliError;
+
+/// The errors of a call through the proxy.
+pub fn proxy_error(settings: &Settings, method: &MethodDescriptor) -> impl Fn(&tonic::Status) -> CliError + use<> {
+    let ctx = RpcContext { address: settings.proxy.clone(), endpoint: schema::endpoint_name(method) };
+    move |status| from_status(status, &ctx)
+}
+
+/// Makes the call over `conn` and prints every response as it arrives; `rpc_error` says what a failed RPC means.
 pub async fn invoke(
     settings: &Settings,
     conn: &Connection,
     invocation: Invocation,
     output: Option<Output>,
+    rpc_error: RpcError<'_>,
 ) -> anyhow::Result<()> {
     let method = invocation.method.clone();
     let printer = Printer::new(output, Output::Json);
     let streaming_in = method.is_client_streaming();
     let timeout =
         invocation.timeout.or((!streaming_in && !method.is_server_streaming()).then_some(DEFAULT_UNARY_TIMEOUT));
-    let options = CallOptions { metadata: invocation.metadata, timeout, service: Some(invocation.service.clone()) };
-    let ctx = RpcContext { address: settings.proxy.clone(), endpoint: schema::endpoint_name(&method) };
+    let service = (!invocation.service.is_empty()).then(|| invocation.service.clone());
+    let options = CallOptions { metadata: invocation.metadata, timeout, service };
 
     let (bad_input_tx, mut bad_input_rx) = tokio::sync::mpsc::channel::<CliError>(1);
     let requests: futures::stream::BoxStream<'static, DynamicMessage> = match invocation.requests {
@@ -794,7 +805,7 @@ pub async fn invoke(
     };
     let mut responses = match call(conn, &method, requests, &options).await {
         Ok(Ok(s)) => s,
-        Ok(Err(status)) => return Err(from_status(&status, &ctx).into()),
+        Ok(Err(status)) => return Err(rpc_error(&status).into()),
         Err(e) => return Err(CliError::input(e.to_string()).into()),
     };
     // The deadline bounds the whole call, streams included, not only the wait for response headers.
@@ -810,7 +821,7 @@ pub async fn invoke(
         match next {
             Ok(Some(message)) => printer.json(&message_to_json(&message))?,
             Ok(None) => break,
-            Err(status) => return Err(from_status(&status, &ctx).into()),
+            Err(status) => return Err(rpc_error(&status).into()),
         }
     }
     if let Ok(e) = bad_input_rx.try_recv() {

@@ -247,3 +247,54 @@ fn errors_say_what_to_do() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("<ENDPOINT>"), "{}", run.stderr);
 }
+
+#[test]
+fn requests_from_files_and_pipes_json_errors_and_print() {
+    let dirs = Dirs::new();
+    let health = health_server(None);
+    let set = dirs.path().join("health.protoset");
+    std::fs::write(&set, tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let set = set.display().to_string();
+    let direct = |args: &[&str]| {
+        let mut all = vec!["call", "--address", &health, "--protoset", &set, "grpc.health.v1.Health/Check"];
+        all.extend_from_slice(args);
+        cli(&dirs, &all)
+    };
+
+    // @FILE: the file is the request (an unknown service is NOT_FOUND: the request was sent as written).
+    let file = dirs.path().join("check.json");
+    std::fs::write(&file, r#"{"service": ""}"#).unwrap();
+    let ok = direct(&[&format!("@{}", file.display())]).run().ok();
+    assert_eq!(ok.json()["status"], "SERVING");
+    std::fs::write(&file, r#"{"service": "nope"}"#).unwrap();
+    let run = direct(&[&format!("@{}", file.display())]).run();
+    assert_ne!(run.code, 0, "{}", run.snapshot());
+    assert!(run.stderr.contains("service not registered"), "{}", run.snapshot());
+
+    // A piped stdin is the request, never dropped; `@-` reads it too.
+    let run = direct(&[]).stdin(r#"{"service": "nope"}"#).run();
+    assert!(run.code != 0 && run.stderr.contains("service not registered"), "{}", run.snapshot());
+    let ok = direct(&["@-"]).stdin(r#"{"service": ""}"#).run().ok();
+    assert_eq!(ok.json()["status"], "SERVING");
+
+    // A JSON error names the field, and the file it came from.
+    let run = direct(&[r#"{"service": 1}"#]).run().code(128);
+    assert!(run.stderr.contains("Error creating request: service: expected string"), "{}", run.snapshot());
+    std::fs::write(&file, r#"{"servce": ""}"#).unwrap();
+    let run = direct(&[&format!("@{}", file.display())]).run().code(128);
+    assert!(run.stderr.contains(&format!("from {}", file.display())), "{}", run.snapshot());
+    assert!(run.stderr.contains(r#"unknown field "servce""#), "{}", run.snapshot());
+
+    // -H and --timeout are taken; --print grpcurl prints the command against the address, --print curl is refused.
+    direct(&["-H", "x-trace: 1", "--timeout", "5s", "{}"]).run().ok();
+    let printed = direct(&["-H", "x-trace: 1", "--timeout", "5s", "--print", "grpcurl", "{}"]).run().ok();
+    assert_eq!(
+        printed.stdout,
+        format!(
+            "grpcurl -plaintext -protoset {set} -H 'x-trace: 1' -max-time 5 -d '{{}}' {health} \
+             grpc.health.v1.Health/Check\n"
+        )
+    );
+    let run = direct(&["--print", "curl", "{}"]).run().code(128);
+    assert!(run.stderr.contains("--print grpcurl"), "{}", run.snapshot());
+}

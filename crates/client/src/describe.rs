@@ -386,26 +386,12 @@ fn type_name(kind: &Kind) -> String {
     match kind {
         Kind::Message(m) => format!(".{}", m.full_name()),
         Kind::Enum(e) => format!(".{}", e.full_name()),
-        Kind::Double => "double".into(),
-        Kind::Float => "float".into(),
-        Kind::Int32 => "int32".into(),
-        Kind::Int64 => "int64".into(),
-        Kind::Uint32 => "uint32".into(),
-        Kind::Uint64 => "uint64".into(),
-        Kind::Sint32 => "sint32".into(),
-        Kind::Sint64 => "sint64".into(),
-        Kind::Fixed32 => "fixed32".into(),
-        Kind::Fixed64 => "fixed64".into(),
-        Kind::Sfixed32 => "sfixed32".into(),
-        Kind::Sfixed64 => "sfixed64".into(),
-        Kind::Bool => "bool".into(),
-        Kind::String => "string".into(),
-        Kind::Bytes => "bytes".into(),
+        scalar => micro_core::schema::keyword(scalar).into(),
     }
 }
 
 /// protoc's JSON name of a field: underscores dropped, the letter after each one upper-cased.
-fn default_json_name(name: &str) -> String {
+pub(crate) fn default_json_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = false;
     for c in name.chars() {

@@ -12,6 +12,7 @@
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use micro_core::schema::is_well_known;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -123,10 +124,6 @@ pub fn check(value: &Value, message: &MessageDescriptor) -> Result<(), JsonError
     check_message(value, message, "")
 }
 
-fn is_well_known(message: &MessageDescriptor) -> bool {
-    message.full_name().starts_with("google.protobuf.")
-}
-
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
@@ -227,23 +224,10 @@ fn check_map_key(key: &str, kind: &Kind, path: &str) -> Result<(), JsonError> {
 /// The proto name of a kind, as help and errors show it.
 fn kind_name(kind: &Kind) -> String {
     match kind {
-        Kind::Double => "double".into(),
-        Kind::Float => "float".into(),
-        Kind::Int32 => "int32".into(),
-        Kind::Int64 => "int64".into(),
-        Kind::Uint32 => "uint32".into(),
-        Kind::Uint64 => "uint64".into(),
-        Kind::Sint32 => "sint32".into(),
-        Kind::Sint64 => "sint64".into(),
-        Kind::Fixed32 => "fixed32".into(),
-        Kind::Fixed64 => "fixed64".into(),
-        Kind::Sfixed32 => "sfixed32".into(),
-        Kind::Sfixed64 => "sfixed64".into(),
-        Kind::Bool => "bool".into(),
-        Kind::String => "string".into(),
         Kind::Bytes => "bytes (base64)".into(),
         Kind::Message(m) => m.full_name().to_string(),
         Kind::Enum(e) => e.full_name().to_string(),
+        scalar => micro_core::schema::keyword(scalar).into(),
     }
 }
 
@@ -456,25 +440,9 @@ mod tests {
             r#type: Some(ty as i32),
             type_name: type_name.map(str::to_string),
             label: Some(label as i32),
-            json_name: Some(json_name(name)),
+            json_name: Some(crate::describe::default_json_name(name)),
             ..Default::default()
         }
-    }
-
-    fn json_name(name: &str) -> String {
-        let mut out = String::new();
-        let mut upper = false;
-        for c in name.chars() {
-            if c == '_' {
-                upper = true;
-            } else if upper {
-                out.extend(c.to_uppercase());
-                upper = false;
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 
     /// `t.Req { name, count int32, big int64, ratio float, on bool, color Color, tags []string, labels

@@ -138,7 +138,7 @@ pub fn command(settings: &Settings, call: &Invocation, tool: Print) -> Result<St
 }
 
 /// The request as compact JSON with proto field names, default values left out.
-fn compact_json(message: &DynamicMessage) -> String {
+pub fn compact_json(message: &DynamicMessage) -> String {
     let options = SerializeOptions::new().use_proto_field_name(true);
     message
         .serialize_with_options(serde_json::value::Serializer, &options)
@@ -147,7 +147,7 @@ fn compact_json(message: &DynamicMessage) -> String {
 }
 
 /// A deadline in seconds, as grpcurl's `-max-time` and curl's `--max-time` take it: `2`, `0.5`.
-fn seconds(d: std::time::Duration) -> String {
+pub fn seconds(d: std::time::Duration) -> String {
     d.as_secs_f64().to_string()
 }
 
