@@ -14,8 +14,10 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service, e.g. `helloworld`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub service: String,
     /// The endpoint: `Helloworld.Call`, or a gRPC path such as `/helloworld.Helloworld/Call`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::endpoint_candidates))]
     pub endpoint: String,
     /// The request as JSON (the words are joined by spaces). Without it, client and bidi streams read JSON lines
     /// from stdin, and other calls send `{}`.

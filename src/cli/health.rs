@@ -10,6 +10,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service name.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub name: String,
 }
 
