@@ -248,6 +248,7 @@ pub struct Settings {
 pub struct GlobalArgs {
     /// The env to use for this command (see `micro env`).
     #[arg(short = 'e', long = "env", global = true, env = env::MICRO_ENV, value_name = "NAME")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::cli::completion::env_candidates))]
     pub env: Option<String>,
     /// The namespace to use.
     #[arg(long, global = true, env = env::MICRO_NAMESPACE, value_name = "NS")]

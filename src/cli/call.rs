@@ -23,8 +23,10 @@ a piped stdin is read: the whole of it is the request of a unary or server-strea
 streams read one JSON request per line. A terminal stdin is not read for unary calls, which then send {}.")]
 pub struct Args {
     /// The service, e.g. `helloworld`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub service: String,
     /// The endpoint: `Helloworld.Call`, or a gRPC path such as `/helloworld.Helloworld/Call`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::endpoint_candidates))]
     pub endpoint: String,
     /// The request: JSON (the words are joined by spaces), @FILE, or @- for stdin. Without it, a piped stdin is read.
     #[arg(value_name = "REQUEST")]

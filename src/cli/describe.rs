@@ -25,10 +25,11 @@ use prost_reflect::{FileDescriptor, ServiceDescriptor};
   micro describe helloworld CallRequest -o json    its descriptor (DescriptorProto) as JSON")]
 pub struct Args {
     /// The service, e.g. `helloworld`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub service: String,
     /// An endpoint (`Helloworld.Call`, `Call`), a gRPC service (`Helloworld`), or a message or enum
     /// (`CallRequest`, `helloworld.CallRequest`). Without it, the service's gRPC services.
-    #[arg(value_name = "ENDPOINT|MESSAGE")]
+    #[arg(value_name = "ENDPOINT|MESSAGE", add = clap_complete::ArgValueCandidates::new(super::completion::symbol_candidates))]
     pub symbol: Option<String>,
 }
 

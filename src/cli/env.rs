@@ -31,6 +31,7 @@ pub enum EnvCommand {
     /// Make NAME the current env.
     Set {
         /// The env.
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::env_candidates))]
         name: String,
     },
     /// Add an env (or replace one). With `--ca-cert`, `--client-cert` and `--client-key` (global flags), the files'
@@ -51,6 +52,7 @@ pub enum EnvCommand {
     /// Delete an env.
     Del {
         /// The env.
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::env_candidates))]
         name: String,
     },
 }

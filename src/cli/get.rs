@@ -24,6 +24,7 @@ pub enum GetCommand {
     /// Get a service from the registry.
     Service {
         /// The service name.
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
         name: String,
     },
 }

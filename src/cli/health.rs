@@ -12,6 +12,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
     micro health helloworld -o json --jq '.[] | select(.status != \"ok\")'")]
 pub struct Args {
     /// The service name.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub name: String,
 }
 

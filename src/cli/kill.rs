@@ -16,6 +16,7 @@ use micro_core::proto::runtime::{DeleteOptions, DeleteRequest, Service};
 pub struct Args {
     /// The service: NAME or NAME@VERSION, or `.` for the one named like the current directory.
     #[arg(value_name = "NAME")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub name: Option<String>,
 }
 

@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Args {
     /// The service (NAME or NAME@VERSION), or `server` for the server's own log.
     #[arg(value_name = "NAME")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::log_candidates))]
     pub name: Option<String>,
     /// Follow new lines until Ctrl-C (or until the service is killed).
     #[arg(short = 'f', long)]

@@ -87,6 +87,7 @@ pub struct UpdateArgs {
     /// The new source (a local directory or a git URL), or the name of a running service to update from the source
     /// it was run from.
     #[arg(value_name = "SOURCE|NAME")]
+    #[arg(add = clap_complete::ArgValueCompleter::new(super::completion::source_or_service_candidates))]
     pub source: Option<String>,
     /// The service's name [default: the folder's name].
     #[arg(long)]

@@ -27,6 +27,7 @@ pub enum All {
 pub struct Args {
     /// The services.
     #[arg(required_unless_present = "all", value_name = "NAME")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::service_candidates))]
     pub names: Vec<String>,
     /// All core services (`builtin`) or all others (`custom`) instead of names.
     #[arg(long, value_enum, conflicts_with = "names")]

@@ -100,6 +100,7 @@ pub struct Target {
     pub database: Option<String>,
     /// The table.
     #[arg(long, default_value = micro_server::store::backend::DEFAULT_TABLE)]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::table_candidates))]
     pub table: String,
 }
 
@@ -205,6 +206,7 @@ pub struct SnapshotArgs {
     pub database: Option<String>,
     /// Only this table (default: every table of the database).
     #[arg(long)]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completion::table_candidates))]
     pub table: Option<String>,
 }
 

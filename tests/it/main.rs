@@ -5,9 +5,11 @@
 //! look at the `.snap` files (or `cargo insta review`).
 
 mod support;
+mod tmux;
 
 mod auth;
 mod broker;
+mod completion;
 mod config;
 mod contract;
 mod describe;

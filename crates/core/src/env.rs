@@ -16,6 +16,9 @@ pub const MICRO_OUTPUT: &str = "MICRO_OUTPUT";
 pub const MICRO_CONFIG_DIR: &str = "MICRO_CONFIG_DIR";
 /// Directory for the CLI's caches (schemas); default: the platform's cache dir for micro.
 pub const MICRO_CACHE_DIR: &str = "MICRO_CACHE_DIR";
+/// `micro cli`: the file that keeps the lines typed at its prompt across sessions (Up, Ctrl-R); default: `history` in
+/// the platform's state dir for micro (`~/.local/state/micro/history` on Linux), else in its local data dir.
+pub const MICRO_HISTORY_FILE: &str = "MICRO_HISTORY_FILE";
 /// CLI: an access token to send with every request of one command, instead of the token saved by `micro login`
 /// (which is then neither read nor refreshed). `micro user token` prints one.
 pub const MICRO_AUTH_TOKEN: &str = "MICRO_AUTH_TOKEN";
