@@ -76,7 +76,7 @@ fn a_terminal_session_completes_keeps_its_history_and_exits_0_after_a_typo() {
     // A typo fails that command and the session goes on.
     t.text("sevices");
     t.keys(&["Enter"]);
-    t.wait("the typo is reported", |s| s.contains("Unrecognized micro command: sevices"));
+    t.wait("the typo is reported", |s| s.contains("unknown command 'sevices'; did you mean 'services'?"));
     t.wait_line("micro>");
     t.text("exit");
     t.keys(&["Enter"]);
