@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
     "micro/events/events.proto",
     "micro/runtime/runtime.proto",
     "micro/debug/debug.proto",
+    "micro/tasks/tasks.proto",
 ];
 
 /// The codec of the generated servers (`src/codec.rs`).

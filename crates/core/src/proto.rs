@@ -50,3 +50,9 @@ pub mod runtime {
 pub mod debug {
     tonic::include_proto!("debug");
 }
+
+/// The tasks service (`package tasks`): schedules and a durable task queue.
+#[allow(missing_docs, clippy::all)]
+pub mod tasks {
+    tonic::include_proto!("tasks");
+}
