@@ -29,6 +29,7 @@
 //! listen address, `127.0.0.1` when it listens on every interface).
 
 pub mod broker;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod conn;
