@@ -30,6 +30,7 @@
 
 pub mod broker;
 pub mod cache;
+pub mod chain;
 pub mod client;
 pub mod config;
 pub mod conn;
