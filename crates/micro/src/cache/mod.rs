@@ -146,7 +146,8 @@ pub trait CacheExt: Cache {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         async move {
-            let bytes = serde_json::to_vec(value).map_err(|source| CacheError::Json { key: key.to_string(), source })?;
+            let bytes =
+                serde_json::to_vec(value).map_err(|source| CacheError::Json { key: key.to_string(), source })?;
             self.set(key, bytes.into(), ttl).await
         }
     }
