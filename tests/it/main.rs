@@ -9,6 +9,7 @@ mod tmux;
 
 mod auth;
 mod broker;
+mod chain;
 mod completion;
 mod config;
 mod contract;
