@@ -26,7 +26,7 @@ mod memory;
 mod store;
 
 pub use memory::MemoryCache;
-pub use store::StoreCache;
+pub use store::{STORE_TABLE, StoreCache};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use std::time::{Duration, SystemTime};
 
 /// The table a [`StoreCache`] uses unless told otherwise.
-pub const DEFAULT_TABLE: &str = "cache";
+pub const STORE_TABLE: &str = "cache";
 
 /// A cache in the platform's store: values are records of the table `cache` (or the store client's table, see
 /// [`StoreCache::table`]) that the store expires by their TTL (whole seconds, rounded up). Every instance of a
@@ -23,7 +23,7 @@ pub struct StoreCache {
 impl StoreCache {
     /// A cache in the table `cache` of `store`'s database.
     pub fn new(store: Store) -> Self {
-        Self { store: store.table(DEFAULT_TABLE), prefix: String::new(), flights: Flights::default() }
+        Self { store: store.table(STORE_TABLE), prefix: String::new(), flights: Flights::default() }
     }
 
     /// The same cache in another table.

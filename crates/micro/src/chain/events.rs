@@ -93,23 +93,18 @@ impl Publisher for Broker {
 #[derive(Clone)]
 pub(crate) struct Emitter {
     publisher: Arc<dyn Publisher>,
-    pub(crate) topic: Option<String>,
     queue: Arc<OnceLock<mpsc::Sender<(String, CallEvent)>>>,
     dropping: Arc<AtomicBool>,
 }
 
 impl Emitter {
-    pub(crate) fn new(publisher: Arc<dyn Publisher>, topic: Option<String>) -> Self {
-        Self { publisher, topic, queue: Default::default(), dropping: Default::default() }
+    pub(crate) fn new(publisher: Arc<dyn Publisher>) -> Self {
+        Self { publisher, queue: Default::default(), dropping: Default::default() }
     }
 
-    /// Queues `event` of a call to a service named `service` (micro's name: `inventory`) for publishing; drops it
-    /// (and warns, once until the queue drains) when the queue is full.
-    pub(crate) fn emit(&self, service: &str, event: CallEvent) {
-        let topic = match &self.topic {
-            Some(t) => t.clone(),
-            None => format!("{service}.calls"),
-        };
+    /// Queues `event` for publishing on `topic`; drops it (and warns, once until the queue drains) when the queue
+    /// is full.
+    pub(crate) fn emit(&self, topic: String, event: CallEvent) {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(publish(self.publisher.clone(), rx));

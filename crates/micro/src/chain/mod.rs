@@ -89,7 +89,8 @@ const PASS_THROUGH: &[&str] = &[
 /// How long verified tokens are cached unless [`Chain::token_ttl`] says otherwise.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30);
 
-/// One call, as the chain's stages and the hooks see it.
+/// One call, as the chain's stages and the hooks see it (a handler finds it in the request's extensions too:
+/// `request.extensions().get::<Call>()`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
     /// A unique id for the call (its events carry it).
@@ -157,6 +158,7 @@ pub struct Chain {
     log: bool,
     hooks: Vec<Arc<dyn Hook>>,
     events: Option<events::Emitter>,
+    events_topic: Option<String>,
     skips: HashMap<Stage, HashSet<String>>,
     #[cfg(test)]
     trace: Option<Arc<std::sync::Mutex<Vec<String>>>>,
@@ -169,7 +171,8 @@ impl std::fmt::Debug for Chain {
             .field("permissions", &self.permissions)
             .field("log", &self.log)
             .field("hooks", &self.hooks.len())
-            .field("events", &self.events.as_ref().map(|e| e.topic.clone()))
+            .field("events", &self.events.is_some())
+            .field("events_topic", &self.events_topic)
             .field("skips", &self.skips)
             .finish()
     }
@@ -234,17 +237,21 @@ impl Chain {
     /// [`Chain::events_topic`]. Publishing never holds a call up: events queue (up to 1024) for one background
     /// task that publishes them in order; when the queue is full, events are dropped and a warning says so.
     pub fn events(mut self, publisher: impl Publisher) -> Self {
-        let topic = self.events.as_ref().and_then(|e| e.topic.clone());
-        self.events = Some(events::Emitter::new(Arc::new(publisher), topic));
+        self.events = Some(events::Emitter::new(Arc::new(publisher)));
         self
     }
 
-    /// The topic of the events (see [`Chain::events`]).
+    /// The topic of the events, instead of `<service>.calls` (see [`Chain::events`]).
     pub fn events_topic(mut self, topic: impl Into<String>) -> Self {
-        if let Some(e) = self.events.as_mut() {
-            e.topic = Some(topic.into());
-        }
+        self.events_topic = Some(topic.into());
         self
+    }
+
+    fn topic(&self, call: &Call) -> String {
+        match &self.events_topic {
+            Some(t) => t.clone(),
+            None => format!("{}.calls", call.service_name()),
+        }
     }
 
     /// Turns `stage` off for `endpoint` (a pattern as in [`Chain::authorize`]).
@@ -310,7 +317,7 @@ impl Chain {
         if self.on(Stage::Events, &call) {
             self.mark("events:started");
             if let Some(e) = &self.events {
-                e.emit(call.service_name(), CallEvent::new(EventKind::Started, &call, None, None));
+                e.emit(self.topic(&call), CallEvent::new(EventKind::Started, &call, None, None));
             }
         }
 
@@ -378,7 +385,7 @@ impl Chain {
         {
             let kind = if outcome.is_ok() { EventKind::Succeeded } else { EventKind::Failed };
             self.mark(if outcome.is_ok() { "events:succeeded" } else { "events:failed" });
-            e.emit(call.service_name(), CallEvent::new(kind, call, Some(elapsed), Some(outcome)));
+            e.emit(self.topic(call), CallEvent::new(kind, call, Some(elapsed), Some(outcome)));
         }
         if self.on(Stage::Log, call) {
             self.mark("log");

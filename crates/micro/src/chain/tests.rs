@@ -329,7 +329,9 @@ async fn a_hook_can_refuse_a_call() {
 #[tokio::test]
 async fn a_handler_error_is_the_outcome() {
     let (log, events) = (Log::default(), Events::default());
-    let chain = full(&log, &events).events_topic("audit");
+    // The topic may be set before the publisher: the builder's order does not matter.
+    let chain = Chain::new().events_topic("audit").hook(hook("a", &log)).hook(hook("b", &log));
+    let chain = chain.authenticate(verifier(&log)).events(events.clone());
     let (status, trace) = call(&chain, &log, request("/helloworld.Helloworld/Fail", Some("good"))).await;
     assert_eq!(status.expect("an error").code(), Code::NotFound);
     assert_eq!(
@@ -373,4 +375,28 @@ fn calls_are_named_by_their_path() {
         assert!(!call.matches(pattern), "{pattern}");
     }
     assert!(Call::from_path("/nope").is_none() && Call::from_path("/a/b/c").is_none() && Call::from_path("").is_none());
+}
+
+/// A publisher that never answers.
+struct Stuck;
+
+impl Publisher for Stuck {
+    fn publish<'a>(&'a self, _: &'a str, _: &'a CallEvent) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_broker_holds_no_call_up() {
+    let log = Log::default();
+    let chain = Chain::new().events(Stuck);
+    let service = chain.layer(handler(&log));
+    let started = Instant::now();
+    // More events than the queue holds: the extra ones are dropped, and every call completes at once.
+    for _ in 0..1500 {
+        let response = service.clone().oneshot(request("/helloworld.Helloworld/Call", None)).await.unwrap();
+        assert!(tonic::Status::from_header_map(response.headers()).is_none());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(take(&log).len(), 1500);
 }
