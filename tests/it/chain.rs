@@ -2,7 +2,7 @@
 //! in-process behind a chain whose tokens the platform's auth verifies (`Auth.Inspect`) and whose call events go
 //! to the real broker; and a store-backed cache shared by two cache instances.
 
-use crate::support::{Platform, block_on};
+use crate::support::{Dirs, Platform, block_on, runtime};
 use futures::StreamExt;
 use helloworld::pb::helloworld_client::HelloworldClient;
 use helloworld::pb::{CallRequest, StreamRequest};
@@ -12,6 +12,7 @@ use micro::chain::{CallEvent, Chain, EventKind, Inspect};
 use micro::client::Client;
 use micro::store::Store;
 use micro_core::proto::auth::{GenerateRequest, Options, TokenRequest};
+use micro_core::proto::registry::{Node, Options as RegisterOptions, Schema as SchemaMsg, Service as ServiceRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -184,4 +185,63 @@ fn a_store_cache_is_shared_by_two_instances() {
     // The values are records of the table `cache`.
     let listed = p.micro(["store", "list", "--table", "cache"]).ok();
     assert_eq!(listed.stdout, "answer\n", "{}", listed.snapshot());
+}
+
+/// Registers the helloworld handler served at `address` as the service `helloworld`, as the admin: a service an
+/// admin registers is trusted to act for its callers, so the proxy forwards their tokens to it.
+async fn register_as_admin(p: &Platform, address: std::net::SocketAddr) {
+    let schema = micro::schema::Schema::decode(helloworld::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let record = ServiceRecord {
+        name: "helloworld".into(),
+        version: "latest".into(),
+        endpoints: micro::schema::endpoints(&schema.pool, ["helloworld.Helloworld"]),
+        nodes: vec![Node {
+            id: "helloworld-in-process".into(),
+            address: address.to_string(),
+            metadata: [("protocol", "grpc"), ("transport", "grpc"), ("server", "grpc")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }],
+        options: Some(RegisterOptions { ttl: 120, domain: "micro".into() }),
+        schema: Some(SchemaMsg { hash: schema.hash, descriptor_set: schema.bytes }),
+        ..Default::default()
+    };
+    let admin = micro_client::Connection::new(&p.addr, "micro").unwrap().with_token(Some(p.token()));
+    admin.registry().register(admin.request(record)).await.expect("the admin registers helloworld");
+}
+
+#[test]
+fn through_the_proxy_the_chain_verifies_the_callers_token() {
+    let p = Platform::start();
+    let rt = runtime();
+    let _entered = rt.enter(); // connections are made in the runtime
+    let jane = rt.block_on(user_token(&p, "jane", &["hello:call"]));
+    let chain = Chain::new()
+        .authorize("Helloworld.Stream", "hello:admin")
+        .authorize("Helloworld.*", "hello:call")
+        .authenticate(Inspect::new(&Client::new(&p.addr, "micro").unwrap()));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Served in-process; it cannot register itself (no credential here), so the admin registers it.
+    let server = rt.spawn(helloworld::service().proxy(p.addr.clone()).layer(chain).serve(listener, async {
+        let _ = stopped.await;
+    }));
+    rt.block_on(register_as_admin(&p, address));
+
+    // The admin (scope `admin`) may call everything; jane (scope `hello:call`) may call but not stream.
+    let run = p.micro(["call", "helloworld", "Helloworld.Call", r#"{"name":"Admin"}"#]).ok();
+    assert!(run.stdout.contains("Hello Admin"), "{}", run.snapshot());
+    p.micro(["call", "helloworld", "Helloworld.Stream", r#"{"count":1}"#]).ok();
+    let jane_cli = |args: &[&str]| p.cli_in(&Dirs::new(), args).env("MICRO_AUTH_TOKEN", &jane).run();
+    let run = jane_cli(&["call", "helloworld", "Helloworld.Call", r#"{"name":"Jane"}"#]);
+    assert!(run.code == 0 && run.stdout.contains("Hello Jane"), "{}", run.snapshot());
+    let run = jane_cli(&["call", "helloworld", "Helloworld.Stream", r#"{"count":1}"#]);
+    assert_ne!(run.code, 0, "{}", run.snapshot());
+    assert!(run.stderr.contains("hello:admin") && run.stderr.contains("jane"), "{}", run.snapshot());
+
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().expect("the service stops cleanly");
 }
