@@ -366,7 +366,9 @@ mod tests {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        while cache.flights().inner.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await; // until the first caller computes
+        }
         let waiter = {
             let cache = cache.clone();
             tokio::spawn(async move {
