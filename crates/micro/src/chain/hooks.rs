@@ -72,7 +72,7 @@ pub trait Hook: Send + Sync + 'static {
     }
 
     /// Runs after the handler (or the refusal of a later hook), before the hooks added earlier; only for a hook
-    /// whose `before` let the call through.
+    /// whose `before` let the call through, and not when the caller goes away before the call ends.
     fn after<'a>(&'a self, call: &'a Call, outcome: &'a Outcome) -> BoxFuture<'a, ()> {
         let _ = (call, outcome);
         Box::pin(std::future::ready(()))

@@ -36,7 +36,8 @@
 //! 7. **events**: `succeeded` or `failed`, with the duration and the code;
 //! 8. **the request log** ([`Chain::log`]): one line with the endpoint, the account, the code and the duration.
 //!
-//! A call refused by authentication or authorization skips 3 to 6: it publishes `failed` and is logged. Each stage
+//! A call refused by authentication or authorization skips 3 to 6: it publishes `failed` and is logged. A call
+//! whose caller goes away before it ends (its future is dropped) publishes `failed` and is logged with `CANCELLED`. Each stage
 //! can be turned off per endpoint ([`Chain::skip`]). The gRPC health, reflection and debug services (what the
 //! platform calls to check and describe a service) pass through untouched.
 //!
@@ -312,6 +313,8 @@ impl Chain {
             req.extensions_mut().insert(account.clone());
         }
         req.extensions_mut().insert(call.clone());
+        // A call whose caller goes away (its future is dropped) still ends its events and its log line.
+        let mut pending = Pending { chain: self, call: &call, started, armed: true };
 
         // 3.
         if self.on(Stage::Events, &call) {
@@ -356,6 +359,7 @@ impl Chain {
         }
 
         // 7 and 8.
+        pending.armed = false;
         self.finish(&call, &outcome, started);
         response
     }
@@ -390,6 +394,23 @@ impl Chain {
         if self.on(Stage::Log, call) {
             self.mark("log");
             log::line(call, outcome, elapsed);
+        }
+    }
+}
+
+/// Ends a call that is dropped between its admission and its end: `CANCELLED`.
+struct Pending<'a> {
+    chain: &'a Chain,
+    call: &'a Call,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let outcome = Outcome { code: tonic::Code::Cancelled, message: "the caller went away".into() };
+            self.chain.finish(self.call, &outcome, self.started);
         }
     }
 }

@@ -118,6 +118,9 @@ fn handler(
                 req.headers().keys().map(|k| k.as_str()).filter(|k| k.starts_with("x-")).collect();
             tags.sort();
             push(&log, format!("handler {account} {}", tags.join(",")));
+            if req.uri().path().ends_with("/Hang") {
+                std::future::pending::<()>().await;
+            }
             if req.uri().path().ends_with("/Fail") {
                 return Ok(tonic::Status::not_found("no such thing").into_http());
             }
@@ -399,4 +402,19 @@ async fn a_stuck_broker_holds_no_call_up() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert_eq!(take(&log).len(), 1500);
+}
+
+#[tokio::test]
+async fn a_call_whose_caller_goes_away_ends_as_cancelled() {
+    let (log, events) = (Log::default(), Events::default());
+    let chain = full(&log, &events);
+    let trace: Log = Default::default();
+    let mut traced = chain.clone();
+    traced.trace = Some(trace.clone());
+    let call = traced.layer(handler(&log)).oneshot(request("/helloworld.Helloworld/Hang", Some("good")));
+    assert!(tokio::time::timeout(Duration::from_millis(100), call).await.is_err(), "the handler hangs");
+    assert_eq!(take(&trace)[5..], ["handler", "events:failed", "log"]);
+    let published = events.wait(2).await;
+    assert_eq!((published[1].1.kind, published[1].1.code), (EventKind::Failed, Some(Code::Cancelled as i32)));
+    assert_eq!(published[0].1.call_id, published[1].1.call_id);
 }
