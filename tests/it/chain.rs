@@ -245,3 +245,42 @@ fn through_the_proxy_the_chain_verifies_the_callers_token() {
     let _ = stop.send(());
     rt.block_on(server).unwrap().expect("the service stops cleanly");
 }
+
+#[test]
+fn through_the_proxy_the_identity_headers_name_the_caller() {
+    let p = Platform::start();
+    let rt = runtime();
+    let _entered = rt.enter();
+    // No token verification: the proxy's `micro-account-id` and `micro-account-issuer` name the caller, without
+    // scopes.
+    let chain = Chain::new().authorize("Helloworld.Stream", "hello:admin").authenticate_headers();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(helloworld::service().proxy(p.addr.clone()).layer(chain).serve(listener, async {
+        let _ = stopped.await;
+    }));
+    rt.block_on(register_as_admin(&p, address));
+
+    let run = p.micro(["call", "helloworld", "Helloworld.Call", r#"{"name":"Admin"}"#]).ok();
+    assert!(run.stdout.contains("Hello Admin"), "{}", run.snapshot());
+    // The account the headers name is the admin's, whose scopes the chain does not know.
+    let run = p.micro(["call", "helloworld", "Helloworld.Stream", r#"{"count":1}"#]);
+    assert_ne!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("the account admin does not have") && run.stderr.contains("scopes are unknown"),
+        "{}",
+        run.snapshot()
+    );
+    // Called directly (not through the proxy), without the headers: no account.
+    let e = rt
+        .block_on(async {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap();
+            HelloworldClient::new(channel.connect().await.unwrap()).call(CallRequest { name: "x".into() }).await
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().expect("the service stops cleanly");
+}
