@@ -15,9 +15,11 @@
 
 use crate::exit::CliError;
 use crate::settings::Settings;
+use futures::StreamExt;
 use micro_client::Connection;
 use micro_client::dynamic::{CallOptions, call, message_to_json};
 use micro_client::json_schema::message_schema;
+use micro_client::schema_cache::SchemaCache;
 use micro_core::schema;
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
 use rmcp::model::{
@@ -31,6 +33,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How many services' schemas `tools/list` resolves at once.
+const RESOLVE_CONCURRENCY: usize = 16;
 /// The services of the platform itself, exposed only with `--core`.
 const CORE_SERVICES: &[&str] = &["auth", "registry", "store", "config", "broker", "events", "runtime", "server"];
 /// The longest tool name MCP allows.
@@ -54,7 +58,7 @@ pub enum Command {
 /// Arguments of `micro mcp serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Expose only these services (a comma list).
+    /// Expose only these services (a comma list; naming a core service here exposes it). `--exclude` wins.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub services: Vec<String>,
     /// Do not expose these services (a comma list).
@@ -196,6 +200,14 @@ async fn serve_http(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> 
         .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(settings.clone(), authenticate));
     eprintln!("micro mcp serving streamable HTTP at http://{local}/mcp");
+    // Without TCP_NODELAY every answer waits ~40 ms for the client's delayed ACK (Nagle's algorithm holds the
+    // response's last segment back while its headers are unacknowledged).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an MCP connection");
+        }
+    });
     axum::serve(listener, app).await.map_err(|e| CliError::failure(format!("MCP HTTP server stopped: {e}")))?;
     Ok(())
 }
@@ -274,11 +286,14 @@ pub struct McpServer {
     tools: Arc<Mutex<HashMap<String, Endpoint>>>,
     /// The callers' rate limits.
     limiter: Arc<Limiter>,
+    /// Service records and decoded schemas, kept in memory across listings.
+    schemas: SchemaCache,
 }
 
 impl McpServer {
     fn new(settings: Settings, args: ServeArgs, account: String, limiter: Arc<Limiter>) -> Self {
-        Self { settings, args, account, tools: Arc::default(), limiter }
+        let schemas = settings.schema_cache();
+        Self { settings, args, account, tools: Arc::default(), limiter, schemas }
     }
 
     /// The connection calls are made on: as the HTTP caller, else with the CLI's login.
@@ -291,11 +306,12 @@ impl McpServer {
 
     /// Whether a service is exposed.
     fn exposed(&self, name: &str) -> bool {
-        if !self.args.services.is_empty() {
-            return self.args.services.iter().any(|s| s == name);
-        }
         if self.args.exclude.iter().any(|s| s == name) {
             return false;
+        }
+        // Naming a service with --services exposes it, even a core one.
+        if !self.args.services.is_empty() {
+            return self.args.services.iter().any(|s| s == name);
         }
         self.args.core || !CORE_SERVICES.contains(&name)
     }
@@ -309,10 +325,20 @@ impl McpServer {
         let mut names: Vec<String> = services.into_iter().map(|s| s.name).filter(|n| self.exposed(n)).collect();
         names.sort();
         names.dedup();
-        let cache = self.settings.schema_cache();
+        let cache = &self.schemas;
+        // Resolved a few at a time: each is a round trip to the registry (answered from the cache when the
+        // schema's hash is unchanged), and the order of `names` is kept.
+        let resolved: Vec<_> = futures::stream::iter(names)
+            .map(|name| {
+                let conn = &conn;
+                async move { cache.resolve(conn, &name, false).await }
+            })
+            .buffered(RESOLVE_CONCURRENCY)
+            .collect()
+            .await;
         let mut out = Vec::new();
-        for name in names {
-            let Ok((service, Some(schema))) = cache.resolve(&conn, &name, false).await else { continue };
+        for found in resolved {
+            let Ok((service, Some(schema))) = found else { continue };
             for ep in &service.endpoints {
                 let Some(method) = schema::find_method(&schema.pool, &ep.method) else { continue };
                 if self.args.read_only && !is_read_only(&method) {

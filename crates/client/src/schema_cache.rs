@@ -8,13 +8,29 @@ use crate::Connection;
 use micro_core::proto::registry::Service;
 use micro_core::schema::Schema;
 use prost::Message;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The cache of one env and namespace.
+///
+/// Clones share an in-memory layer over the files: schemas decoded once by hash, and the service records last
+/// written, so that a long-lived process (`micro mcp serve`, `micro cli`) that resolves the same services again and
+/// again neither decodes a descriptor set nor rewrites a file whose content has not changed.
 #[derive(Clone, Debug)]
 pub struct SchemaCache {
     root: PathBuf,
     services: PathBuf,
+    memo: Arc<Mutex<Memo>>,
+}
+
+/// What a [`SchemaCache`] and its clones remember in memory.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Decoded schemas by hash (a descriptor set never changes under its hash).
+    schemas: HashMap<String, Schema>,
+    /// The encoded service records this process last wrote, by name.
+    written: HashMap<String, Vec<u8>>,
 }
 
 /// Resolving a service failed.
@@ -47,7 +63,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl SchemaCache {
     /// The cache under `root` for `env` and `namespace`.
     pub fn new(root: &Path, env: &str, namespace: &str) -> Self {
-        Self { root: root.to_path_buf(), services: root.join("envs").join(safe(env)).join(safe(namespace)) }
+        Self {
+            root: root.to_path_buf(),
+            services: root.join("envs").join(safe(env)).join(safe(namespace)),
+            memo: Arc::default(),
+        }
     }
 
     /// A cached service record.
@@ -72,26 +92,43 @@ impl SchemaCache {
     pub fn store_service(&self, service: &Service) {
         let mut record = service.clone();
         record.nodes.clear();
+        let bytes = record.encode_to_vec();
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.written.get(&service.name) == Some(&bytes) {
+            return;
+        }
         let path = self.services.join(format!("{}.pb", safe(&service.name)));
-        if let Err(e) = write_atomic(&path, &record.encode_to_vec()) {
-            tracing::debug!(path = %path.display(), error = %e, "cannot write the schema cache");
+        match write_atomic(&path, &bytes) {
+            Ok(()) => {
+                memo.written.insert(service.name.clone(), bytes);
+            }
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot write the schema cache"),
         }
     }
 
     /// Forgets a service (it is gone from the registry).
     pub fn remove_service(&self, name: &str) {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).written.remove(name);
         let _ = std::fs::remove_file(self.services.join(format!("{}.pb", safe(name))));
     }
 
     /// A cached schema.
     pub fn schema(&self, hash: &str) -> Option<Schema> {
+        if let Some(schema) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).schemas.get(hash) {
+            return Some(schema.clone());
+        }
         let bytes = std::fs::read(self.root.join("schemas").join(format!("{}.pb", safe(hash)))).ok()?;
         let schema = Schema::decode(bytes).ok()?;
-        (schema.hash == hash).then_some(schema)
+        if schema.hash != hash {
+            return None;
+        }
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).schemas.insert(hash.to_string(), schema.clone());
+        Some(schema)
     }
 
     /// Stores a schema.
     pub fn store_schema(&self, schema: &Schema) {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).schemas.insert(schema.hash.clone(), schema.clone());
         let path = self.root.join("schemas").join(format!("{}.pb", safe(&schema.hash)));
         if path.exists() {
             return;

@@ -7,6 +7,12 @@ pub const SERVICE_HEADER: &str = "micro-service";
 pub const NODE_HEADER: &str = "micro-node";
 /// The metadata key that carries the caller's namespace.
 pub const NAMESPACE_HEADER: &str = "micro-namespace";
+/// The metadata key in which the proxy names the caller's account id. Set by the proxy only: it removes any the
+/// caller sent, so a service reached through the proxy can trust it.
+pub const ACCOUNT_ID_HEADER: &str = "micro-account-id";
+/// The metadata key in which the proxy names the namespace that issued the caller's account (see
+/// [`ACCOUNT_ID_HEADER`]).
+pub const ACCOUNT_ISSUER_HEADER: &str = "micro-account-issuer";
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 /// Node metadata saying that the node serves TLS (`true`; the service library sets it when the service is given

@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
 
-/// The header in which the proxy names the caller's account id (it removes any the caller sent).
-pub const ACCOUNT_ID_HEADER: &str = "micro-account-id";
-/// The header in which the proxy names the namespace that issued the caller's account.
-pub const ACCOUNT_ISSUER_HEADER: &str = "micro-account-issuer";
+pub use micro_core::metadata::{ACCOUNT_ID_HEADER, ACCOUNT_ISSUER_HEADER};
 
 /// How many verified tokens the chain remembers.
 const TOKEN_CACHE_CAPACITY: usize = 10_000;

@@ -369,10 +369,7 @@ fn convention_name(grpc_service: &str) -> &str {
     }
 }
 
-/// The metadata keys that tell a service who called it; set by the proxy only, never taken from the caller.
-pub const ACCOUNT_ID_HEADER: &str = "micro-account-id";
-/// See [`ACCOUNT_ID_HEADER`].
-pub const ACCOUNT_ISSUER_HEADER: &str = "micro-account-issuer";
+pub use micro_core::metadata::{ACCOUNT_ID_HEADER, ACCOUNT_ISSUER_HEADER};
 
 fn set_account_headers(req: &mut Request<Body>, account: Option<&Account>) {
     // Names built at compile time: inserting by `&str` would copy a custom name on every call.
