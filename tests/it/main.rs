@@ -38,6 +38,7 @@ mod services;
 mod stats;
 mod store;
 mod streaming;
+mod tasks;
 mod tls;
 mod walls;
 mod web;

@@ -89,8 +89,12 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
              day-of-week [year], e.g. \"0 */5 * * * *\""
         ));
     }
-    let schedule = cron::Schedule::from_str(text.trim())
-        .map_err(|e| format!("cron expression {text:?} is invalid: {e}; e.g. \"0 */5 * * * *\" (every 5 minutes)"))?;
+    let schedule = cron::Schedule::from_str(text.trim()).map_err(|e| {
+        // The parser's message repeats the expression with a caret line above the reason: keep the reason.
+        let message = e.to_string();
+        let reason = message.lines().last().unwrap_or_default().trim().to_string();
+        format!("cron expression {text:?} is invalid: {reason} Example: \"0 */5 * * * *\" (every 5 minutes)")
+    })?;
     if schedule.after(&Utc::now()).next().is_none() {
         return Err(format!("cron expression {text:?} never fires again"));
     }
