@@ -57,6 +57,10 @@ fn a_schedule_fires_its_stages_until_it_is_unscheduled() {
         "{done}"
     );
     assert!(result["duration_ms"].is_i64(), "{done}");
+    // A task starts soon after its schedule is due (the benchmark measures this; here, loosely).
+    let at = |field: &str| humantime::parse_rfc3339(done[field].as_str().unwrap()).unwrap();
+    let delay = at("started").duration_since(at("due")).unwrap_or_default();
+    assert!(delay < Duration::from_secs(1), "started {delay:?} after it was due: {done}");
     // `get` shows the same task, with its stage and result.
     let id = done["id"].as_str().unwrap();
     let got = p.micro(["tasks", "get", id]).ok().stdout;

@@ -536,6 +536,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_server_releases_the_stage_tasks_it_was_running_but_not_workers_tasks() {
+        let (dir, db) = open();
+        db.enqueue(&task("1", "s", 0, true), "").unwrap();
+        db.enqueue(&task("2", "a", 0, false), "").unwrap();
+        db.lease(&Pick::Stages, &claim("runner", 0)).unwrap().unwrap();
+        let named = Pick::Named { namespace: "micro".into(), names: vec!["a".into()] };
+        db.lease(&named, &claim("w", 0)).unwrap().unwrap();
+        drop(db);
+        let db = RedbTasks::open(&dir.path().join("tasks.redb")).unwrap();
+        assert_eq!(db.release_stages(10).unwrap(), 1);
+        let again = db.lease(&Pick::Stages, &claim("runner", 10)).unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempts), ("1", 2));
+        assert!(db.lease(&named, &claim("v", 10)).unwrap().is_none(), "the worker's lease holds until it expires");
+    }
+
+    #[test]
     fn keys_deduplicate_unfinished_tasks_and_schedules_fire_once() {
         let (_dir, db) = open();
         assert_eq!(db.enqueue(&task("1", "a", 0, false), "k").unwrap().id, "1");

@@ -113,7 +113,7 @@ pub fn describe(when: Option<&When>) -> String {
 
 /// Milliseconds as a short duration: `500ms`, `10s`, `1m30s`, `2h`.
 pub fn format_ms(ms: u64) -> String {
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         return format!("{ms}ms");
     }
     humantime::format_duration(std::time::Duration::from_millis(ms)).to_string().replace(' ', "")
