@@ -406,12 +406,21 @@ fn print_task(printer: &Printer, t: &Task) -> anyhow::Result<()> {
         let request = if stage.request.is_empty() { "{}" } else { &stage.request };
         lines.push(format!("stage {}:   {} {} {request}", i + 1, stage.service, stage.endpoint));
         if let Some(r) = t.results.get(i) {
-            let outcome = if r.ok { format!("ok: {}", r.response) } else { format!("error: {}", r.error) };
+            let outcome = if r.ok { format!("ok: {}", shorten(&r.response)) } else { format!("error: {}", r.error) };
             lines.push(format!("  {} ({}ms)", outcome, r.duration_ms));
         }
     }
     printer.line(lines.join("\n"))?;
     Ok(())
+}
+
+/// A response cut for the terminal (`-o json` prints it whole).
+fn shorten(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.chars().count() <= MAX {
+        return text.to_string();
+    }
+    format!("{}… (-o json shows it all)", text.chars().take(MAX).collect::<String>())
 }
 
 fn state_of(t: &Task) -> &'static str {

@@ -318,6 +318,9 @@ impl Tasks {
         let outcome = loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
+                // Shutting down: the attempt is abandoned, still running. On the embedded store the next start
+                // queues it again at once; on PostgreSQL its lease expires and any server takes it.
+                _ = self.cancel.cancelled() => return,
                 _ = renew.tick() => {
                     let (id, lease) = (task.id.clone(), lease.clone());
                     let until = now_ms() + RUNNER_LEASE.as_millis() as i64;
