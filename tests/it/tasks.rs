@@ -239,3 +239,22 @@ fn two_servers_on_one_postgres_fire_each_due_schedule_once() {
     // Each ran once, whichever server leased it: one attempt each.
     assert!(tasks(&a, &name).iter().all(|t| t["attempts"] == 1), "{:#?}", tasks(&a, &name));
 }
+
+#[test]
+fn a_stage_task_running_when_the_server_died_runs_again_at_restart() {
+    let mut p = Platform::start();
+    // A stage that takes 3 s: a lease of tasks that never come (the tasks service itself, waiting).
+    let slow = r#"{"names": ["nothing"], "wait_ms": 3000}"#;
+    p.micro(["tasks", "schedule", "slow", "--every", "1h", "--call", "tasks", "Tasks.Lease", slow]).ok();
+    let id = p.micro(["tasks", "run", "slow"]).ok().stdout.trim().to_string();
+    let get = |p: &Platform| p.micro(["tasks", "get", &id, "-o", "json"]).ok().json();
+    p.wait_until("the stage task runs", |p| get(p)["state"] == "running");
+    p.restart_server(true);
+    // The runner's lease (30 s) has not expired, but this server was its only runner: it runs again at once.
+    let restarted = std::time::Instant::now();
+    p.wait_until("the task ran again and succeeded", |p| get(p)["state"] == "succeeded");
+    assert!(restarted.elapsed() < Duration::from_secs(20), "it waited for its lease: {:?}", restarted.elapsed());
+    let done = get(&p);
+    assert_eq!(done["attempts"].as_u64(), Some(2), "{done}");
+    assert_eq!(done["results"][0]["response"], serde_json::json!({"lease": ""}), "{done}");
+}
