@@ -28,7 +28,7 @@ use tokio_postgres::types::ToSql;
 /// The schema, created when missing, under a transaction-scoped advisory lock (see the store's).
 const SCHEMA: &str = r#"
 BEGIN;
-SELECT pg_advisory_xact_lock(7283041961);
+SELECT pg_advisory_xact_lock(7283041962);
 CREATE TABLE IF NOT EXISTS micro_tasks (
     id text COLLATE "C" PRIMARY KEY,
     namespace text NOT NULL,
@@ -267,7 +267,7 @@ impl TaskStore for PgTasks {
         self.tx(|q| {
             if !key.is_empty() {
                 q.execute(
-                    "SELECT pg_advisory_xact_lock(7283041962, hashtext($1 || '/' || $2 || '/' || $3))",
+                    "SELECT pg_advisory_xact_lock(728304197, hashtext($1 || '/' || $2 || '/' || $3))",
                     &[&task.namespace, &task.name, &key],
                 )?;
                 let existing = q.records(
@@ -383,5 +383,23 @@ impl TaskStore for PgTasks {
             )
             .map(|n| n as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's contract, in the database of `MICRO_TEST_POSTGRES_URL` (skipped when unset, except in CI).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_engine_keeps_the_contract() {
+        let Some(url) = micro_core::testing::backend_url("MICRO_TEST_POSTGRES_URL", "postgres") else { return };
+        let run = format!("test-{}", uuid::Uuid::new_v4());
+        tokio::task::spawn_blocking(move || {
+            let db = PgTasks::open(&url).unwrap();
+            super::super::store::conformance(std::sync::Arc::new(db), &run);
+        })
+        .await
+        .unwrap();
     }
 }
