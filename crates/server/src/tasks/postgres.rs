@@ -267,7 +267,7 @@ impl TaskStore for PgTasks {
         self.tx(|q| {
             if !key.is_empty() {
                 q.execute(
-                    "SELECT pg_advisory_xact_lock(728304197, hashtext($1 || '/' || $2 || '/' || $3))",
+                    "SELECT pg_advisory_xact_lock(728304199, hashtext($1 || '/' || $2 || '/' || $3))",
                     &[&task.namespace, &task.name, &key],
                 )?;
                 let existing = q.records(
