@@ -297,74 +297,6 @@ pub fn listed(task: &Task, namespace: &str, state: State, name: &str) -> bool {
         && (name.is_empty() || task.name == name)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(retries: u32) -> Record {
-        Record::new(
-            Task { id: "t".into(), state: State::Pending as i32, retries, backoff_ms: 1000, ..Default::default() },
-            String::new(),
-        )
-    }
-
-    fn take(r: &mut Record, now: i64) {
-        claim(r, &Claim { worker: "w".into(), lease: "l".into(), now, until: now + 30_000 });
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_bounded() {
-        assert_eq!([1, 2, 3, 4].map(|a| backoff(1000, a)), [1000, 2000, 4000, 8000]);
-        assert_eq!(backoff(1000, 60), MAX_BACKOFF_MS);
-        // The defaults (3 retries from 1 s) reach dead within 1 + 2 + 4 = 7 s of the first failure.
-        assert_eq!((1..=3).map(|a| backoff(1000, a)).sum::<u64>(), 7000);
-    }
-
-    #[test]
-    fn failures_retry_with_backoff_then_die_keeping_the_last_error() {
-        let mut r = record(2);
-        for (attempt, now) in [(1, 0), (2, 10_000)] {
-            take(&mut r, now);
-            assert_eq!((r.state(), r.task().attempts, r.lease.as_str()), (State::Running, attempt, "l"));
-            finish(&mut r, Outcome::Failed { error: format!("boom {attempt}"), results: vec![] }, now);
-            assert_eq!(r.state(), State::Failed);
-            assert_eq!(r.task().due_ms, now + backoff(1000, attempt) as i64);
-            assert!(r.lease.is_empty() && r.queued());
-        }
-        take(&mut r, 20_000);
-        finish(&mut r, Outcome::Failed { error: "boom 3".into(), results: vec![] }, 20_000);
-        assert_eq!((r.state(), r.task().attempts, r.task().error.as_str()), (State::Dead, 3, "boom 3"));
-        assert_eq!(r.task().finished_ms, 20_000);
-        requeue(&mut r, 30_000).unwrap();
-        assert_eq!((r.state(), r.task().attempts, r.task().due_ms), (State::Pending, 0, 30_000));
-        let e = requeue(&mut r, 30_000).unwrap_err();
-        assert!(e.to_string().contains("is pending: only a dead or failed task"), "{e}");
-    }
-
-    #[test]
-    fn success_clears_the_error() {
-        let mut r = record(3);
-        take(&mut r, 0);
-        finish(&mut r, Outcome::Failed { error: "once".into(), results: vec![] }, 1);
-        take(&mut r, 2000);
-        finish(&mut r, Outcome::Succeeded { result: "{}".into(), results: vec![] }, 2001);
-        assert_eq!((r.state(), r.task().error.as_str(), r.task().attempts), (State::Succeeded, "", 2));
-        assert!(r.finished());
-    }
-
-    #[test]
-    fn an_expired_lease_counts_as_an_attempt() {
-        let mut r = record(1);
-        take(&mut r, 0);
-        expire(&mut r, 40_000);
-        assert_eq!((r.state(), r.task().due_ms), (State::Pending, 40_000));
-        assert_eq!(r.task().error, "lease expired (worker w)");
-        take(&mut r, 40_000);
-        expire(&mut r, 80_000);
-        assert_eq!(r.state(), State::Dead);
-    }
-}
-
 /// Checks that an engine keeps the [`TaskStore`] contract: each due task leased once (also under concurrent
 /// leases), leases required and expiring, keys deduplicating, schedules firing once, finished tasks purged. Ids and
 /// names are scoped by `run`, so a shared database may hold other runs' rows.
@@ -468,4 +400,72 @@ pub(crate) fn conformance(db: std::sync::Arc<dyn TaskStore>, run: &str) {
     assert_eq!(db.schedules(Some(run)).unwrap().len(), 1);
     assert!(db.delete_schedule(run, "s").unwrap());
     assert!(!db.delete_schedule(run, "s").unwrap());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(retries: u32) -> Record {
+        Record::new(
+            Task { id: "t".into(), state: State::Pending as i32, retries, backoff_ms: 1000, ..Default::default() },
+            String::new(),
+        )
+    }
+
+    fn take(r: &mut Record, now: i64) {
+        claim(r, &Claim { worker: "w".into(), lease: "l".into(), now, until: now + 30_000 });
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        assert_eq!([1, 2, 3, 4].map(|a| backoff(1000, a)), [1000, 2000, 4000, 8000]);
+        assert_eq!(backoff(1000, 60), MAX_BACKOFF_MS);
+        // The defaults (3 retries from 1 s) reach dead within 1 + 2 + 4 = 7 s of the first failure.
+        assert_eq!((1..=3).map(|a| backoff(1000, a)).sum::<u64>(), 7000);
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_then_die_keeping_the_last_error() {
+        let mut r = record(2);
+        for (attempt, now) in [(1, 0), (2, 10_000)] {
+            take(&mut r, now);
+            assert_eq!((r.state(), r.task().attempts, r.lease.as_str()), (State::Running, attempt, "l"));
+            finish(&mut r, Outcome::Failed { error: format!("boom {attempt}"), results: vec![] }, now);
+            assert_eq!(r.state(), State::Failed);
+            assert_eq!(r.task().due_ms, now + backoff(1000, attempt) as i64);
+            assert!(r.lease.is_empty() && r.queued());
+        }
+        take(&mut r, 20_000);
+        finish(&mut r, Outcome::Failed { error: "boom 3".into(), results: vec![] }, 20_000);
+        assert_eq!((r.state(), r.task().attempts, r.task().error.as_str()), (State::Dead, 3, "boom 3"));
+        assert_eq!(r.task().finished_ms, 20_000);
+        requeue(&mut r, 30_000).unwrap();
+        assert_eq!((r.state(), r.task().attempts, r.task().due_ms), (State::Pending, 0, 30_000));
+        let e = requeue(&mut r, 30_000).unwrap_err();
+        assert!(e.to_string().contains("is pending: only a dead or failed task"), "{e}");
+    }
+
+    #[test]
+    fn success_clears_the_error() {
+        let mut r = record(3);
+        take(&mut r, 0);
+        finish(&mut r, Outcome::Failed { error: "once".into(), results: vec![] }, 1);
+        take(&mut r, 2000);
+        finish(&mut r, Outcome::Succeeded { result: "{}".into(), results: vec![] }, 2001);
+        assert_eq!((r.state(), r.task().error.as_str(), r.task().attempts), (State::Succeeded, "", 2));
+        assert!(r.finished());
+    }
+
+    #[test]
+    fn an_expired_lease_counts_as_an_attempt() {
+        let mut r = record(1);
+        take(&mut r, 0);
+        expire(&mut r, 40_000);
+        assert_eq!((r.state(), r.task().due_ms), (State::Pending, 40_000));
+        assert_eq!(r.task().error, "lease expired (worker w)");
+        take(&mut r, 40_000);
+        expire(&mut r, 80_000);
+        assert_eq!(r.state(), State::Dead);
+    }
 }
