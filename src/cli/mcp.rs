@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 /// How many services' schemas `tools/list` resolves at once.
 const RESOLVE_CONCURRENCY: usize = 16;
 /// The services of the platform itself, exposed only with `--core`.
-const CORE_SERVICES: &[&str] = &["auth", "registry", "store", "config", "broker", "events", "runtime", "server"];
+const CORE_SERVICES: &[&str] =
+    &["auth", "registry", "store", "config", "broker", "events", "runtime", "tasks", "server"];
 /// The longest tool name MCP allows.
 const MAX_TOOL_NAME: usize = 64;
 
