@@ -7,9 +7,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 /// Answers `Debug.Stats` for this process.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DebugService {
     started: SystemTime,
+    counters: Option<Counters>,
+}
+
+/// Reads the process's request and error counts for `Debug.Stats`.
+pub type Counters = std::sync::Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
+impl std::fmt::Debug for DebugService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebugService").field("started", &self.started).finish_non_exhaustive()
+    }
 }
 
 impl Default for DebugService {
@@ -21,7 +31,13 @@ impl Default for DebugService {
 impl DebugService {
     /// A service whose process counts as started now.
     pub fn new() -> Self {
-        Self { started: SystemTime::now() }
+        Self { started: SystemTime::now(), counters: None }
+    }
+
+    /// Reports `requests` and `errors` from `counters` (a worker's tasks run and failed, for example).
+    pub fn counters(mut self, counters: Counters) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// The gRPC server of this service.
@@ -34,12 +50,15 @@ impl DebugService {
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let now = SystemTime::now();
         let (memory, threads) = process_status();
+        let (requests, errors) = self.counters.as_ref().map(|c| c()).unwrap_or_default();
         StatsResponse {
             timestamp: secs(now),
             started: secs(self.started),
             uptime: now.duration_since(self.started).map(|d| d.as_secs()).unwrap_or_default(),
             memory,
             threads,
+            requests,
+            errors,
             ..Default::default()
         }
     }
