@@ -32,6 +32,8 @@
 //! through the proxy as the service's account (`MICRO_AUTH_ID`, `MICRO_AUTH_SECRET`, as `micro run` sets them), in
 //! the service's namespace, and retry with a backoff while the server is unreachable.
 
+#[cfg(test)]
+mod fake;
 pub mod scheduler;
 pub mod worker;
 

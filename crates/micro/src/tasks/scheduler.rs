@@ -350,4 +350,43 @@ mod tests {
         let bad = NewTask::new("x").payload(&map).request("k".into());
         assert!(bad.unwrap_err().contains("not JSON"));
     }
+
+    #[tokio::test]
+    async fn two_replicas_of_a_scheduler_queue_each_tick_s_task_once() {
+        let (fake, client) = super::super::fake::Fake::start().await;
+        let replica = || {
+            Scheduler::every(Duration::from_millis(200), |tick| async move {
+                vec![NewTask::new("collect").payload(&serde_json::json!({ "tick": tick.ms() }))]
+            })
+            .name("inventory")
+        };
+        let (a, b) = (replica(), replica());
+        let stats = a.stats();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let runs = [
+            tokio::spawn(a.run(client.clone(), stopped(stop_rx.clone()))),
+            tokio::spawn(b.run(client, stopped(stop_rx))),
+        ];
+        fake.until("three ticks", |_| stats.ticks() >= 3).await;
+        stop_tx.send(true).unwrap();
+        for run in runs {
+            tokio::time::timeout(Duration::from_secs(5), run).await.expect("the scheduler stops").unwrap();
+        }
+        let enqueued = fake.state(|s| s.enqueued.clone());
+        let mut keys: Vec<&str> = enqueued.iter().map(|t| t.worker.as_str()).collect();
+        let all = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "one task per tick: {keys:?}");
+        assert!(all >= 3, "{keys:?}");
+        for t in &enqueued {
+            let tick: i64 = t.worker.rsplit(':').next().unwrap().parse().unwrap();
+            assert_eq!(tick % 200, 0, "ticks are aligned: {}", t.worker);
+            assert_eq!(t.payload, format!(r#"{{"tick":{tick}}}"#));
+            assert!(t.worker.starts_with("inventory:collect:"), "{}", t.worker);
+        }
+        assert_eq!(stats.errors(), 0);
+    }
 }

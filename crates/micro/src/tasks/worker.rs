@@ -513,4 +513,82 @@ mod tests {
         assert_eq!(panic_message(Box::new(String::from("bang"))), "bang");
         assert_eq!(panic_message(Box::new(3)), "(no message)");
     }
+
+    /// A worker with `ok`, `err`, `panic` and `slow` handlers; `slow` records how many run at once.
+    fn worker(peak: Arc<(AtomicU64, AtomicU64)>) -> Worker {
+        Worker::new()
+            .poll(Duration::from_millis(50))
+            .lease(Duration::from_millis(150))
+            .grace(Duration::from_secs(5))
+            .handle("ok", |t: TaskContext| async move {
+                let n: u64 = t.payload()?;
+                Ok(serde_json::json!({ "double": n * 2, "attempt": t.attempt() }))
+            })
+            .handle("err", |_t: TaskContext| async move { Err::<(), _>(TaskError::msg("no inventory today")) })
+            .handle("panic", |_t: TaskContext| async move {
+                if true {
+                    panic!("boom");
+                }
+                Ok(())
+            })
+            .handle("slow", move |_t: TaskContext| {
+                let peak = peak.clone();
+                async move {
+                    let now = peak.0.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.1.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    peak.0.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+    }
+
+    #[tokio::test]
+    async fn a_worker_acks_results_fails_errors_and_panics_and_keeps_going() {
+        let (fake, client) = super::super::fake::Fake::start().await;
+        let w = worker(Arc::default());
+        let stats = w.stats();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(w.run(client, async move {
+            let _ = stop_rx.await;
+        }));
+        let ok = fake.push("ok", "21");
+        let err = fake.push("err", "");
+        let panicked = fake.push("panic", "");
+        let unknown = fake.push("other", "");
+        fake.until("three outcomes", |s| s.acked.len() + s.failed.len() == 3).await;
+        // After a panic the worker still runs tasks.
+        let after = fake.push("ok", "1");
+        fake.until("the task after the panic", |s| s.acked.len() == 2).await;
+        let (acked, mut failed, queued) = fake.state(|s| (s.acked.clone(), s.failed.clone(), s.queue.len()));
+        assert_eq!(acked, [(ok, r#"{"double":42,"attempt":1}"#.into()), (after, r#"{"double":2,"attempt":1}"#.into())]);
+        failed.sort();
+        assert_eq!(failed, [(err, "no inventory today".into()), (panicked, "the handler panicked: boom".into())]);
+        assert_eq!(queued, 1, "a task of another name is not leased: {unknown}");
+        assert_eq!((stats.leased(), stats.succeeded(), stats.failed(), stats.running()), (4, 2, 2, 0));
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run).await.expect("the worker stops").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_worker_runs_its_concurrency_at_once_extends_leases_and_finishes_running_tasks_on_shutdown() {
+        let (fake, client) = super::super::fake::Fake::start().await;
+        let peak = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let w = worker(peak.clone()).concurrency(3);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(w.run(client, async move {
+            let _ = stop_rx.await;
+        }));
+        for _ in 0..6 {
+            fake.push("slow", "");
+        }
+        fake.until("three running", |_| peak.0.load(Ordering::SeqCst) == 3).await;
+        // Shut down while three tasks run: they finish and are acknowledged, the other three stay queued.
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run).await.expect("the worker stops").unwrap();
+        let (acked, queued, extended) = fake.state(|s| (s.acked.len(), s.queue.len(), s.extended.len()));
+        assert_eq!((acked, queued), (3, 3));
+        assert_eq!(peak.1.load(Ordering::SeqCst), 3, "at most the concurrency at once");
+        assert!(extended >= 3, "a 300 ms task with a 150 ms lease extends it every 50 ms: {extended}");
+    }
 }
