@@ -21,6 +21,7 @@ mod etcd;
 mod events;
 mod gateway;
 mod interactive;
+mod inventory;
 mod mcp;
 #[cfg(feature = "nats")]
 mod nats;

@@ -45,7 +45,12 @@ impl Fake {
         let mut s = self.0.lock().unwrap();
         s.next += 1;
         let id = format!("t{}", s.next);
-        s.queue.push_back(pb::Task { id: id.clone(), name: name.into(), payload: payload.into(), ..Default::default() });
+        s.queue.push_back(pb::Task {
+            id: id.clone(),
+            name: name.into(),
+            payload: payload.into(),
+            ..Default::default()
+        });
         id
     }
 
@@ -58,7 +63,11 @@ impl Fake {
     pub async fn until(&self, what: &str, f: impl Fn(&State) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !self.state(&f) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.0.lock().unwrap());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.0.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

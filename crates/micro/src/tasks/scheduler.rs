@@ -19,10 +19,11 @@
 //!
 //! Ticks are aligned on the clock (an `every(1 min)` scheduler ticks at every whole minute since the Unix epoch, an
 //! `hourly_at(15)` one at a quarter past every hour), so replicas of a scheduler tick at the same instants. Each task
-//! is queued with `Tasks.Enqueue` and a deduplication key made of the scheduler's name, the task's name and the
-//! tick's time (unless the task sets its own), so replicas that tick together create it once: the queue returns the
-//! pending or running task of the same name and key instead of a second one. A tick missed while the callback or
-//! the server was slow is skipped, not caught up.
+//! is queued with `Tasks.Enqueue` and a deduplication key made of the scheduler's name, the task's name, the
+//! tick's time and the task's position in the tick's list (unless the task sets its own), so replicas that tick
+//! together create it once: the queue returns the pending or running task of the same name and key instead of a
+//! second one (a replica that ticks after the task finished would create it again). A tick missed while the
+//! callback or the server was slow is skipped, not caught up.
 
 use super::{Backoff, Tasks, pb, tasks_client, unix_ms};
 use crate::client::Client;
@@ -68,7 +69,12 @@ impl NewTask {
 
     /// Adds a stage: a call the server makes through the proxy as the service's account, instead of a worker
     /// running the task (`request` is the request as JSON).
-    pub fn stage(mut self, service: impl Into<String>, endpoint: impl Into<String>, request: impl Into<String>) -> Self {
+    pub fn stage(
+        mut self,
+        service: impl Into<String>,
+        endpoint: impl Into<String>,
+        request: impl Into<String>,
+    ) -> Self {
         self.stages.push(pb::Stage { service: service.into(), endpoint: endpoint.into(), request: request.into() });
         self
     }
@@ -85,7 +91,8 @@ impl NewTask {
         self
     }
 
-    /// The deduplication key (default: the scheduler's name, the task's name and the tick's time).
+    /// The deduplication key (default: the scheduler's name, the task's name, the tick's time and the task's
+    /// position in the tick's list).
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -274,8 +281,8 @@ impl Scheduler {
             let new = (self.create)(tick).await;
             // Queue this tick's tasks, retrying while the server is unreachable, until the next tick is due.
             let next = self.when.next_after(at);
-            for task in new {
-                let key = format!("{name}:{}:{}", task.name, tick.ms());
+            for (i, task) in new.into_iter().enumerate() {
+                let key = format!("{name}:{}:{}:{i}", task.name, tick.ms());
                 let req = match task.request(key) {
                     Ok(r) => r,
                     Err(e) => {
@@ -382,7 +389,8 @@ mod tests {
         assert_eq!(keys.len(), all, "one task per tick: {keys:?}");
         assert!(all >= 3, "{keys:?}");
         for t in &enqueued {
-            let tick: i64 = t.worker.rsplit(':').next().unwrap().parse().unwrap();
+            let tick: i64 = t.worker.split(':').nth(2).unwrap().parse().unwrap();
+            assert!(t.worker.ends_with(":0"), "{}", t.worker);
             assert_eq!(tick % 200, 0, "ticks are aligned: {}", t.worker);
             assert_eq!(t.payload, format!(r#"{{"tick":{tick}}}"#));
             assert!(t.worker.starts_with("inventory:collect:"), "{}", t.worker);

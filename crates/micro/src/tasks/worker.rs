@@ -494,12 +494,13 @@ mod tests {
 
     #[tokio::test]
     async fn handlers_results_become_json_and_errors_keep_their_sources() {
-        let w = Worker::new()
-            .handle("ok", |t: TaskContext| async move { Ok(vec![t.name().to_string()]) })
-            .handle("err", |_t: TaskContext| async move {
+        let w = Worker::new().handle("ok", |t: TaskContext| async move { Ok(vec![t.name().to_string()]) }).handle(
+            "err",
+            |_t: TaskContext| async move {
                 let n: u32 = "x".parse()?;
                 Ok(n)
-            });
+            },
+        );
         assert_eq!(w.names(), ["err", "ok"]);
         let ok = (w.handlers["ok"])(ctx("")).await.unwrap();
         assert_eq!(ok, serde_json::json!(["collect"]));
