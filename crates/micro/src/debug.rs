@@ -100,6 +100,13 @@ mod tests {
     }
 
     #[test]
+    fn counters_are_the_requests_and_errors() {
+        assert_eq!((DebugService::new().stats().requests, DebugService::new().stats().errors), (0, 0));
+        let stats = DebugService::new().counters(std::sync::Arc::new(|| (7, 2))).stats();
+        assert_eq!((stats.requests, stats.errors), (7, 2));
+    }
+
+    #[test]
     fn stats_describe_this_process() {
         let stats = DebugService::new().stats();
         assert!(stats.timestamp >= stats.started);

@@ -562,6 +562,22 @@ mod tests {
     }
 
     #[test]
+    fn worker_and_scheduler_services_say_so_in_their_registration() {
+        let worker = tasks::Worker::new()
+            .handle("collect", |_t: tasks::TaskContext| async { Ok(()) })
+            .handle("report", |_t: tasks::TaskContext| async { Ok(()) });
+        let scheduler = tasks::Scheduler::every(Duration::from_secs(1), |_| async { Vec::new() });
+        let service = Service::new("inventory").worker(worker).scheduler(scheduler);
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let record = service.record(local, Duration::from_secs(90), "micro", false).unwrap();
+        assert_eq!(record.metadata.get("worker").map(String::as_str), Some("collect,report"));
+        assert_eq!(record.metadata.get("scheduler").map(String::as_str), Some("true"));
+        assert_eq!(record.nodes[0].metadata.get("worker").map(String::as_str), Some("collect,report"));
+        let plain = Service::new("svc").record(local, Duration::from_secs(90), "micro", false).unwrap();
+        assert!(!plain.metadata.contains_key("worker") && !plain.metadata.contains_key("scheduler"));
+    }
+
+    #[test]
     fn tls_files_are_checked_when_the_service_starts() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");

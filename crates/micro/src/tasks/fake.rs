@@ -31,8 +31,13 @@ pub struct Fake(pub Arc<Mutex<State>>);
 impl Fake {
     /// Serves the fake on a free port and returns it with a client of it (the route headers are ignored).
     pub async fn start() -> (Fake, Client) {
+        Self::start_at("127.0.0.1:0").await
+    }
+
+    /// Serves the fake on `addr`.
+    pub async fn start_at(addr: &str) -> (Fake, Client) {
         let fake = Fake::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tasks_server::TasksServer::new(fake.clone());

@@ -592,4 +592,22 @@ mod tests {
         assert_eq!(peak.1.load(Ordering::SeqCst), 3, "at most the concurrency at once");
         assert!(extended >= 3, "a 300 ms task with a 150 ms lease extends it every 50 ms: {extended}");
     }
+
+    #[tokio::test]
+    async fn a_worker_waits_for_the_server_and_reconnects() {
+        // Nothing listens on the port yet: the worker retries with its backoff until the server comes.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let client = Client::new(&addr, "micro").unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(worker(Arc::default()).run(client, async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (fake, _) = super::super::fake::Fake::start_at(&addr).await;
+        fake.push("ok", "5");
+        fake.until("the task acknowledged", |s| s.acked.len() == 1).await;
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run).await.expect("the worker stops").unwrap();
+    }
 }
