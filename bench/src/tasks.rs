@@ -107,11 +107,7 @@ async fn run() -> anyhow::Result<()> {
     row("due → started (started_ms - due_ms)", &delays);
     row(&format!("gap between firings (due_ms, {} ms)", EVERY.as_millis()), &gaps);
     let p99 = delays.percentile(99.0);
-    println!(
-        "  target p99 ≤ {} ms: {}",
-        TARGET_P99.as_millis(),
-        if p99 <= TARGET_P99 { "PASS" } else { "MISS" }
-    );
+    println!("  target p99 ≤ {} ms: {}", TARGET_P99.as_millis(), if p99 <= TARGET_P99 { "PASS" } else { "MISS" });
     cpu::report(cpu);
     println!("\ntotal {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
