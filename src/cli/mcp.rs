@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The services of the platform itself, exposed only with `--core`.
-const CORE_SERVICES: &[&str] = &["auth", "registry", "store", "config", "broker", "events", "runtime", "server"];
+const CORE_SERVICES: &[&str] =
+    &["auth", "registry", "store", "config", "broker", "events", "runtime", "tasks", "server"];
 /// The longest tool name MCP allows.
 const MAX_TOOL_NAME: usize = 64;
 

@@ -67,6 +67,12 @@ pub struct Args {
     /// dialed in plaintext, and its certificate must name its host.
     #[arg(long, env = env::MICRO_TLS_UPSTREAM_CA, value_name = "FILE")]
     pub tls_upstream_ca: Option<PathBuf>,
+    /// How many tasks with stages (`micro tasks schedule … --call`) the server runs at once.
+    #[arg(long, env = env::MICRO_TASKS_CONCURRENCY, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
+    pub tasks_concurrency: u16,
+    /// How long succeeded and dead tasks are kept before they are deleted.
+    #[arg(long, env = env::MICRO_TASKS_RETENTION, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub tasks_retention: Duration,
 }
 
 impl Args {
@@ -147,6 +153,10 @@ pub async fn exec(args: Args) -> anyhow::Result<()> {
         registry: args.registry,
         tls,
         tls_upstream_ca: args.tls_upstream_ca,
+        tasks: micro_server::tasks::TasksConfig {
+            concurrency: usize::from(args.tasks_concurrency),
+            retention: args.tasks_retention,
+        },
     };
     let listeners = micro_server::Listeners { proxy: listener, api: Some(api_listener), web: Some(web_listener) };
     micro_server::serve_with(listeners, config, micro::shutdown_signal()).await.map_err(|e| match e {

@@ -23,7 +23,7 @@ fn stats_of_a_service_and_of_the_core() {
     // The core services answer for the server; `--all custom` is every other service.
     let builtin = p.micro(["stats", "--all", "builtin", "-o", "json"]).ok().json();
     let names: Vec<&str> = builtin.as_array().unwrap().iter().map(|n| n["service"].as_str().unwrap()).collect();
-    assert_eq!(names, ["auth", "broker", "config", "events", "registry", "runtime", "store"]);
+    assert_eq!(names, ["auth", "broker", "config", "events", "registry", "runtime", "store", "tasks"]);
     let custom = p.micro(["stats", "--all", "custom", "-o", "json"]).ok().json();
     assert_eq!(custom.as_array().unwrap().len(), 1);
 

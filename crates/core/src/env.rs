@@ -55,6 +55,10 @@ pub const MICRO_BROKER: &str = "MICRO_BROKER";
 pub const MICRO_REGISTRY: &str = "MICRO_REGISTRY";
 /// `micro server`: how often expired registrations are pruned, as a duration (`1s` by default).
 pub const MICRO_REGISTRY_PRUNE_INTERVAL: &str = "MICRO_REGISTRY_PRUNE_INTERVAL";
+/// `micro server`: how many tasks with stages the server runs at once (`4` by default).
+pub const MICRO_TASKS_CONCURRENCY: &str = "MICRO_TASKS_CONCURRENCY";
+/// `micro server`: how long succeeded and dead tasks are kept, as a duration (`7d` by default).
+pub const MICRO_TASKS_RETENTION: &str = "MICRO_TASKS_RETENTION";
 
 /// `micro server`: the password of the default `admin` account when it is first created (default `micro`).
 pub const MICRO_AUTH_ADMIN_PASSWORD: &str = "MICRO_AUTH_ADMIN_PASSWORD";

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod runtime;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 pub mod web;
 
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     /// A PEM file of CA certificates the proxy trusts, besides the Mozilla roots, when it dials service nodes that
     /// serve TLS (node metadata [`registry::TLS_KEY`]; `--tls-upstream-ca`).
     pub tls_upstream_ca: Option<PathBuf>,
+    /// The tasks service's stage runners and retention (`--tasks-concurrency`, `--tasks-retention`).
+    pub tasks: tasks::TasksConfig,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             registry: Default::default(),
             tls: None,
             tls_upstream_ca: None,
+            tasks: Default::default(),
         }
     }
 }
@@ -100,7 +104,7 @@ pub enum ServerError {
     /// Auth could not start.
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthError),
-    /// A core service (store, config, broker, events, runtime) could not start.
+    /// A core service (store, config, broker, events, runtime, tasks) could not start.
     #[error("{service}: {message}")]
     Start {
         /// The core service.
@@ -144,6 +148,7 @@ pub(crate) const CORE_GRPC: &[&str] = &[
     "runtime.Runtime",
     "runtime.Source",
     "store.Store",
+    "tasks.Tasks",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -151,7 +156,7 @@ pub(crate) const CORE_GRPC: &[&str] = &[
 
 /// Core service names, as they appear in the registry (`micro services`). They are registered in `micro` and
 /// served to every namespace.
-pub const CORE_NAMES: &[&str] = &["auth", "broker", "config", "events", "registry", "runtime", "store"];
+pub const CORE_NAMES: &[&str] = &["auth", "broker", "config", "events", "registry", "runtime", "store", "tasks"];
 
 struct PlatformCatalog {
     registry: Arc<MemoryRegistry>,
@@ -344,6 +349,7 @@ pub async fn serve_with(
     broker::start(&ctx, &config.broker, &mut routes).await?;
     events::start(&ctx, &state_location, &mut routes).await?;
     runtime::start(&ctx, &mut routes).await?;
+    let tasks_core = tasks::start(&ctx, &state_location, &config.tasks, &mut routes).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<MemoryRegistry>>>().await;
@@ -367,6 +373,8 @@ pub async fn serve_with(
     .with_auth(auth)
     .with_local_secret(local_secret)
     .with_upstream_tls(upstream);
+    tasks_core.set_proxy(proxy.clone());
+    drop(tasks_core);
 
     {
         let registry = registry.clone();

@@ -745,6 +745,31 @@ impl Auth {
         }
     }
 
+    /// An access token of the account `id` of `namespace` (or else of `micro`), valid for `ttl` (at most the access
+    /// tokens' lifetime), without a refresh token: what the tasks service calls a task's stages with, as the task's
+    /// owner.
+    pub(crate) fn access_token_for(&self, namespace: &str, id: &str, ttl: Duration) -> Result<String, Status> {
+        let account = self
+            .find_account(namespace, id)
+            .or_else(|| self.find_account(micro_core::DEFAULT_NAMESPACE, id))
+            .ok_or_else(|| Status::permission_denied(format!("the account {id} no longer exists")))?;
+        let created = now();
+        let ttl = ttl.min(self.config.access_ttl);
+        let claims = Claims {
+            sub: account.id.clone(),
+            name: account.name.clone(),
+            typ: account.kind.clone(),
+            scopes: account.scopes.clone(),
+            iss: account.issuer.clone(),
+            iat: created,
+            exp: created + ttl.as_secs().max(1),
+            generation: account.generation,
+            sid: String::new(),
+        };
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(storage)
+    }
+
     /// Exchanges a refresh token for a new pair; the old refresh token stops working.
     pub fn refresh(&self, refresh_token: &str, expiry: Option<Duration>) -> Result<Token, Status> {
         let key = format!("refresh/{}", micro_core::schema::hash(refresh_token.as_bytes()));

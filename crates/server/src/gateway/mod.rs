@@ -483,6 +483,13 @@ fn metadata(headers: &HeaderMap, namespace: &str, service: &str) -> Result<Heade
 #[derive(Clone)]
 pub(crate) struct ProxyTransport(Proxy);
 
+impl ProxyTransport {
+    /// The transport over `proxy`.
+    pub(crate) fn new(proxy: Proxy) -> Self {
+        Self(proxy)
+    }
+}
+
 impl Service<http::Request<tonic::body::Body>> for ProxyTransport {
     type Response = http::Response<Body>;
     type Error = Infallible;
