@@ -33,6 +33,7 @@ pub mod stats;
 pub mod status;
 pub mod store;
 pub mod suggest;
+pub mod tasks;
 pub mod user;
 pub mod version;
 
@@ -140,6 +141,8 @@ pub enum Command {
     Broker(broker::Args),
     /// Publish, consume and read durable events.
     Events(events::Args),
+    /// Schedule calls and manage the task queue: schedules, tasks, retries.
+    Tasks(tasks::Args),
     /// Serve every registered endpoint as a Model Context Protocol tool for AI agents.
     #[command(after_help = "Examples:\n  micro mcp serve\n  micro mcp serve --services helloworld --read-only\n  \
         micro mcp serve --address 127.0.0.1:8090 --rate 10/s")]
@@ -230,6 +233,7 @@ pub async fn exec(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::exec(&settings, args).await,
         Command::Broker(args) => broker::exec(&settings, args).await,
         Command::Events(args) => events::exec(&settings, args).await,
+        Command::Tasks(args) => tasks::exec(&settings, args).await,
         Command::Completion(args) => completion::exec(args),
         Command::Cli(args) => interactive::exec(&cli.global, output, args).await,
         Command::Version(args) => version::exec(&settings, args).await,

@@ -39,6 +39,7 @@ mod services;
 mod stats;
 mod store;
 mod streaming;
+mod tasks;
 mod tls;
 mod walls;
 mod web;

@@ -5,12 +5,12 @@
 //! server's store is there ([`postgres`], cargo feature `postgres`), so that servers sharing a database share
 //! schedules and the queue.
 //!
-//! Three kinds of background work run on the server (see [`Tasks::start`]):
+//! Three kinds of background work run on the server (see [`start`]):
 //! - the **scheduler** sleeps until the earliest `next_ms` of the schedules (woken early when a schedule changes;
-//!   with a shared database it also looks every second), and fires each due schedule: its `next_ms` moves on and
-//!   its task is queued in one transaction that checks `next_ms` was not moved already, so with several servers a
-//!   firing happens once. Firings missed while no server ran are not replayed: a late schedule fires once, and
-//!   its timetable continues from then;
+//!   with a shared database also when another server announces a change, and every second), and fires each due
+//!   schedule: its `next_ms` moves on and its task is queued in one transaction that checks `next_ms` was not
+//!   moved already, so with several servers a firing happens once. Firings missed while no server ran are not
+//!   replayed: a late schedule fires once, and its timetable continues from then;
 //! - **stage runners** (`--tasks-concurrency`, default 4) lease the tasks that have stages and call each stage
 //!   through the proxy as the task's owner (a short-lived access token of the owner's account), in order; the
 //!   first failure ends the attempt. Each stage's result is kept, its response cut at [`MAX_RESPONSE`];
@@ -22,6 +22,9 @@
 //! and keeps its last error. On the embedded store the server is the only runner of its stage tasks, so at
 //! start it queues again at once the ones it was running when it stopped (on PostgreSQL, another server may be
 //! running them: their leases expire instead). Workers' tasks always come back when their lease expires.
+//!
+//! A schedule's `retries` and `backoff_ms` of 0 mean the defaults (3 and 1 s), as the contract says (`micro tasks
+//! schedule` asks for at least one retry); `Enqueue` takes an explicit 0 retries.
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -120,6 +123,18 @@ pub async fn start(
             .await
             .map_err(|e| start_error(e.to_string()))?
             .map_err(|e| start_error(e.to_string()))?;
+    }
+    #[cfg(feature = "postgres")]
+    if shared {
+        // Other servers' changes wake this one's runners, leases and scheduler.
+        let weak = Arc::downgrade(&tasks);
+        let changed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(tasks) = weak.upgrade() {
+                tasks.wake_queue();
+                tasks.wake_scheduler();
+            }
+        });
+        ctx.tasks.spawn(crate::state::listen(location.clone(), postgres::ANNOUNCE_AREA, changed, ctx.cancel.clone()));
     }
     tasks.spawn_background(ctx);
     routes.add_service(service::TasksService::new(tasks.clone()).server());
@@ -318,6 +333,9 @@ impl Tasks {
         let outcome = loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
+                // Shutting down: the attempt is abandoned, still running. On the embedded store the next start
+                // queues it again at once; on PostgreSQL its lease expires and any server takes it.
+                _ = self.cancel.cancelled() => return,
                 _ = renew.tick() => {
                     let (id, lease) = (task.id.clone(), lease.clone());
                     let until = now_ms() + RUNNER_LEASE.as_millis() as i64;

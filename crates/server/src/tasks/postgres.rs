@@ -13,6 +13,10 @@
 //! never lease one task; a firing locks the schedule's row (`FOR UPDATE`), checks that its `next_ms` is still the
 //! one that was due, moves it on and queues the task in the same transaction, so a firing happens once whichever
 //! servers try it. The state transitions themselves are [`super::store`]'s.
+//!
+//! A transaction that queues a task or changes a schedule ends with `NOTIFY micro_state, 'tasks'`: every server
+//! that shares the database wakes its runners, waiting leases and scheduler at once (they also look every second,
+//! in case a notification was missed).
 
 use super::store::{self, Claim, Outcome, Pick, Record, TaskError, TaskStore};
 use crate::state::pg::{Conn, pg_message};
@@ -24,7 +28,7 @@ use tokio_postgres::types::ToSql;
 /// The schema, created when missing, under a transaction-scoped advisory lock (see the store's).
 const SCHEMA: &str = r#"
 BEGIN;
-SELECT pg_advisory_xact_lock(7283041961);
+SELECT pg_advisory_xact_lock(7283041962);
 CREATE TABLE IF NOT EXISTS micro_tasks (
     id text COLLATE "C" PRIMARY KEY,
     namespace text NOT NULL,
@@ -51,6 +55,9 @@ CREATE TABLE IF NOT EXISTS micro_schedules (
 COMMIT;
 "#;
 
+/// The payload of the notifications on `micro_state` that announce tasks changes (see [`crate::state::listen`]).
+pub const ANNOUNCE_AREA: &str = "tasks";
+
 /// The most rows one sweep or purge changes (the sweeper comes back for more).
 const BATCH: i64 = 1000;
 
@@ -76,6 +83,12 @@ impl Q<'_> {
 
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, TaskError> {
         self.rt.block_on(self.c.execute(sql, params)).map_err(failed)
+    }
+
+    /// Tells every server that shares the database (at commit) that tasks were queued or schedules changed
+    /// (`NOTIFY micro_state, 'tasks'`), so that their runners, waiting leases and schedulers look again.
+    fn announce(&self) -> Result<(), TaskError> {
+        self.execute("SELECT pg_notify('micro_state', $1)", &[&ANNOUNCE_AREA]).map(|_| ())
     }
 
     fn batch(&self, sql: &str) -> Result<(), TaskError> {
@@ -168,6 +181,9 @@ impl PgTasks {
                 store::expire(&mut r, now);
                 q.put(&r)?;
             }
+            if !records.is_empty() {
+                q.announce()?;
+            }
             Ok(records.len())
         })
     }
@@ -188,15 +204,17 @@ impl TaskStore for PgTasks {
                 "INSERT INTO micro_schedules (namespace, name, next_ms, record) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (namespace, name) DO UPDATE SET next_ms = excluded.next_ms, record = excluded.record",
                 &[&schedule.namespace, &schedule.name, &schedule.next_ms, &schedule.encode_to_vec()],
-            )
-            .map(|_| ())
+            )?;
+            q.announce()
         })
     }
 
     fn delete_schedule(&self, namespace: &str, name: &str) -> Result<bool, TaskError> {
         self.tx(|q| {
-            q.execute("DELETE FROM micro_schedules WHERE namespace = $1 AND name = $2", &[&namespace, &name])
-                .map(|n| n > 0)
+            let deleted =
+                q.execute("DELETE FROM micro_schedules WHERE namespace = $1 AND name = $2", &[&namespace, &name])?;
+            q.announce()?;
+            Ok(deleted > 0)
         })
     }
 
@@ -240,6 +258,7 @@ impl TaskStore for PgTasks {
                 &[&namespace, &name, &next, &schedule.encode_to_vec()],
             )?;
             q.put(&Record::new(task.clone(), String::new()))?;
+            q.announce()?;
             Ok(true)
         })
     }
@@ -248,7 +267,7 @@ impl TaskStore for PgTasks {
         self.tx(|q| {
             if !key.is_empty() {
                 q.execute(
-                    "SELECT pg_advisory_xact_lock(7283041962, hashtext($1 || '/' || $2 || '/' || $3))",
+                    "SELECT pg_advisory_xact_lock(728304199, hashtext($1 || '/' || $2 || '/' || $3))",
                     &[&task.namespace, &task.name, &key],
                 )?;
                 let existing = q.records(
@@ -261,6 +280,7 @@ impl TaskStore for PgTasks {
                 }
             }
             q.put(&Record::new(task.clone(), key.to_string()))?;
+            q.announce()?;
             Ok(task.clone())
         })
     }
@@ -339,6 +359,7 @@ impl TaskStore for PgTasks {
                 .ok_or_else(|| TaskError::NotFound(format!("task {id} not found")))?;
             store::requeue(&mut r, now)?;
             q.put(&r)?;
+            q.announce()?;
             Ok(r.task().clone())
         })
     }
@@ -362,5 +383,23 @@ impl TaskStore for PgTasks {
             )
             .map(|n| n as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's contract, in the database of `MICRO_TEST_POSTGRES_URL` (skipped when unset, except in CI).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_engine_keeps_the_contract() {
+        let Some(url) = micro_core::testing::backend_url("MICRO_TEST_POSTGRES_URL", "postgres") else { return };
+        let run = format!("test-{}", uuid::Uuid::new_v4());
+        tokio::task::spawn_blocking(move || {
+            let db = PgTasks::open(&url).unwrap();
+            super::super::store::conformance(std::sync::Arc::new(db), &run);
+        })
+        .await
+        .unwrap();
     }
 }

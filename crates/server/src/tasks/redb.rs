@@ -484,71 +484,34 @@ mod tests {
     }
 
     #[test]
-    fn leases_take_due_tasks_in_order_and_each_once() {
+    fn the_engine_keeps_the_contract() {
         let (_dir, db) = open();
+        store::conformance(Arc::new(db), "micro");
+    }
+
+    #[test]
+    fn stage_tasks_are_leased_by_the_runners_only() {
+        let (_dir, db) = open();
+        db.enqueue(&task("1", "s", 0, true), "").unwrap();
+        let named = Pick::Named { namespace: "micro".into(), names: vec!["s".into()] };
+        assert!(db.lease(&named, &claim("w", 0)).unwrap().is_none());
+        assert_eq!(db.next_due(&Pick::Stages).unwrap(), Some(0));
+        assert_eq!(db.lease(&Pick::Stages, &claim("r", 0)).unwrap().unwrap().id, "1");
+    }
+
+    #[test]
+    fn a_restarted_server_releases_the_stage_tasks_it_was_running_but_not_workers_tasks() {
+        let (dir, db) = open();
+        db.enqueue(&task("1", "s", 0, true), "").unwrap();
+        db.enqueue(&task("2", "a", 0, false), "").unwrap();
+        db.lease(&Pick::Stages, &claim("runner", 0)).unwrap().unwrap();
         let named = Pick::Named { namespace: "micro".into(), names: vec!["a".into()] };
-        db.enqueue(&task("1", "a", 20, false), "").unwrap();
-        db.enqueue(&task("2", "a", 10, false), "").unwrap();
-        db.enqueue(&task("3", "b", 0, false), "").unwrap();
-        db.enqueue(&task("4", "s", 0, true), "").unwrap();
-        assert!(db.lease(&named, &claim("w", 5)).unwrap().is_none(), "nothing of a is due at 5");
-        assert_eq!(db.next_due(&named).unwrap(), Some(10));
-        assert_eq!(db.lease(&named, &claim("w", 30)).unwrap().unwrap().id, "2");
-        assert_eq!(db.lease(&named, &claim("w", 30)).unwrap().unwrap().id, "1");
-        assert!(db.lease(&named, &claim("w", 30)).unwrap().is_none());
-        assert_eq!(db.lease(&Pick::Stages, &claim("r", 30)).unwrap().unwrap().id, "4");
-        // Concurrent leases of one task: exactly one gets it.
-        let db = Arc::new(db);
-        db.enqueue(&task("5", "c", 0, false), "").unwrap();
-        let pick = Pick::Named { namespace: "micro".into(), names: vec!["c".into()] };
-        let got: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let (db, pick) = (db.clone(), pick.clone());
-                    s.spawn(move || db.lease(&pick, &claim(&format!("w{i}"), 100)).unwrap().is_some() as usize)
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(got, 1);
-    }
-
-    #[test]
-    fn acks_need_the_lease_and_expired_leases_come_back() {
-        let (_dir, db) = open();
-        let pick = Pick::Named { namespace: "micro".into(), names: vec!["a".into()] };
-        db.enqueue(&task("1", "a", 0, false), "").unwrap();
-        db.lease(&pick, &claim("w", 0)).unwrap().unwrap();
-        let done = || Outcome::Succeeded { result: "{}".into(), results: vec![] };
-        assert!(matches!(db.complete("1", "wrong", done(), 1), Err(TaskError::LeaseLost(_))));
-        db.extend("1", "lease-w", 2000).unwrap();
-        assert_eq!(db.expire_leases(1500).unwrap(), 0, "extended");
-        assert_eq!(db.expire_leases(2500).unwrap(), 1);
-        assert!(matches!(db.complete("1", "lease-w", done(), 1), Err(TaskError::LeaseLost(_))));
-        let again = db.lease(&pick, &claim("v", 2600)).unwrap().unwrap();
-        assert_eq!((again.attempts, again.error.as_str()), (2, "lease expired (worker w)"));
-        let t = db.complete("1", "lease-v", done(), 2700).unwrap();
-        assert_eq!(t.state, State::Succeeded as i32);
-        assert_eq!(db.list("micro", State::Succeeded, "", 10).unwrap().len(), 1);
-        assert_eq!(db.purge(2700).unwrap(), 0);
-        assert_eq!(db.purge(2701).unwrap(), 1);
-        assert!(db.get("1").unwrap().is_none());
-    }
-
-    #[test]
-    fn keys_deduplicate_unfinished_tasks_and_schedules_fire_once() {
-        let (_dir, db) = open();
-        assert_eq!(db.enqueue(&task("1", "a", 0, false), "k").unwrap().id, "1");
-        assert_eq!(db.enqueue(&task("2", "a", 0, false), "k").unwrap().id, "1");
-        assert_eq!(db.enqueue(&task("3", "a", 0, false), "other").unwrap().id, "3");
-        let s = Schedule { name: "s".into(), namespace: "micro".into(), next_ms: 100, ..Default::default() };
-        db.put_schedule(&s).unwrap();
-        assert!(db.fire("micro", "s", 100, 200, 100, &task("4", "s", 100, true)).unwrap());
-        assert!(!db.fire("micro", "s", 100, 200, 100, &task("5", "s", 100, true)).unwrap(), "fired already");
-        let s = db.schedule("micro", "s").unwrap().unwrap();
-        assert_eq!((s.next_ms, s.last_ms), (200, 100));
-        assert!(db.get("5").unwrap().is_none() && db.get("4").unwrap().is_some());
-        assert!(db.delete_schedule("micro", "s").unwrap());
-        assert!(db.schedules(None).unwrap().is_empty());
+        db.lease(&named, &claim("w", 0)).unwrap().unwrap();
+        drop(db);
+        let db = RedbTasks::open(&dir.path().join("tasks.redb")).unwrap();
+        assert_eq!(db.release_stages(10).unwrap(), 1);
+        let again = db.lease(&Pick::Stages, &claim("runner", 10)).unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempts), ("1", 2));
+        assert!(db.lease(&named, &claim("v", 10)).unwrap().is_none(), "the worker's lease holds until it expires");
     }
 }

@@ -297,6 +297,111 @@ pub fn listed(task: &Task, namespace: &str, state: State, name: &str) -> bool {
         && (name.is_empty() || task.name == name)
 }
 
+/// Checks that an engine keeps the [`TaskStore`] contract: each due task leased once (also under concurrent
+/// leases), leases required and expiring, keys deduplicating, schedules firing once, finished tasks purged. Ids and
+/// names are scoped by `run`, so a shared database may hold other runs' rows.
+#[cfg(test)]
+pub(crate) fn conformance(db: std::sync::Arc<dyn TaskStore>, run: &str) {
+    let id = |n: u32| format!("{run}-{n}");
+    let task = |n: u32, name: &str, due: i64| Task {
+        id: id(n),
+        name: name.into(),
+        namespace: run.into(),
+        state: State::Pending as i32,
+        retries: 1,
+        backoff_ms: 100,
+        due_ms: due,
+        ..Default::default()
+    };
+    let claim = |worker: &str, now: i64| Claim {
+        worker: worker.into(),
+        lease: format!("lease-{worker}"),
+        now,
+        until: now + 1000,
+    };
+    let pick =
+        |names: &[&str]| Pick::Named { namespace: run.into(), names: names.iter().map(|n| n.to_string()).collect() };
+    let done = || Outcome::Succeeded { result: "{}".into(), results: vec![] };
+
+    // Due order, names, and nothing before it is due.
+    db.enqueue(&task(1, "a", 20), "").unwrap();
+    db.enqueue(&task(2, "a", 10), "").unwrap();
+    db.enqueue(&task(3, "b", 0), "").unwrap();
+    assert!(db.lease(&pick(&["a"]), &claim("w", 5)).unwrap().is_none(), "nothing of a is due at 5");
+    assert_eq!(db.next_due(&pick(&["a"])).unwrap(), Some(10));
+    assert_eq!(db.lease(&pick(&["a"]), &claim("w", 30)).unwrap().unwrap().id, id(2));
+    assert_eq!(db.lease(&pick(&["a", "b"]), &claim("w", 30)).unwrap().unwrap().id, id(3));
+    assert_eq!(db.lease(&pick(&["a"]), &claim("w", 30)).unwrap().unwrap().id, id(1));
+    assert!(db.lease(&pick(&["a", "b"]), &claim("w", 30)).unwrap().is_none());
+
+    // Concurrent leases of one task: exactly one gets it.
+    db.enqueue(&task(5, "c", 0), "").unwrap();
+    let got: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (db, pick) = (db.clone(), pick(&["c"]));
+                s.spawn(move || db.lease(&pick, &claim(&format!("w{i}"), 100)).unwrap().is_some() as usize)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(got, 1);
+
+    // Acks need the lease; an expired lease comes back, the attempt counted.
+    db.enqueue(&task(6, "d", 0), "").unwrap();
+    db.lease(&pick(&["d"]), &claim("w", 0)).unwrap().unwrap();
+    assert!(matches!(db.complete(&id(6), "wrong", done(), 1), Err(TaskError::LeaseLost(_))));
+    db.extend(&id(6), "lease-w", 2000).unwrap();
+    db.expire_leases(1500).unwrap();
+    assert_eq!(db.get(&id(6)).unwrap().unwrap().state, State::Running as i32, "extended");
+    db.expire_leases(2500).unwrap();
+    assert!(matches!(db.complete(&id(6), "lease-w", done(), 1), Err(TaskError::LeaseLost(_))));
+    let again = db.lease(&pick(&["d"]), &claim("v", 2600)).unwrap().unwrap();
+    assert_eq!((again.attempts, again.error.as_str()), (2, "lease expired (worker w)"));
+    let t = db.complete(&id(6), "lease-v", done(), 2700).unwrap();
+    assert_eq!(t.state, State::Succeeded as i32);
+    assert_eq!(db.list(run, State::Succeeded, "d", 10).unwrap().len(), 1);
+    db.purge(2701).unwrap();
+    assert!(db.get(&id(6)).unwrap().is_none(), "purged");
+
+    // Failures: retried, then dead; retry queues again.
+    db.enqueue(&task(7, "e", 0), "").unwrap();
+    for now in [0, 1000] {
+        db.lease(&pick(&["e"]), &claim("w", now)).unwrap().unwrap();
+        db.complete(&id(7), "lease-w", Outcome::Failed { error: format!("boom {now}"), results: vec![] }, now).unwrap();
+    }
+    let dead = db.get(&id(7)).unwrap().unwrap();
+    assert_eq!((dead.state, dead.attempts, dead.error.as_str()), (State::Dead as i32, 2, "boom 1000"));
+    assert!(matches!(db.retry("elsewhere", &id(7), 2000), Err(TaskError::NotFound(_))));
+    assert_eq!(db.retry(run, &id(7), 2000).unwrap().state, State::Pending as i32);
+
+    // Keys deduplicate unfinished tasks.
+    assert_eq!(db.enqueue(&task(8, "f", 0), "k").unwrap().id, id(8));
+    assert_eq!(db.enqueue(&task(9, "f", 0), "k").unwrap().id, id(8));
+    assert_eq!(db.enqueue(&task(10, "f", 0), "other").unwrap().id, id(10));
+
+    // A due schedule fires once.
+    let s = Schedule { name: "s".into(), namespace: run.into(), next_ms: 100, ..Default::default() };
+    db.put_schedule(&s).unwrap();
+    let fired: usize = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let db = db.clone();
+                let t = task(20 + i, "s", 100);
+                sc.spawn(move || db.fire(run, "s", 100, 200, 100, &t).unwrap() as usize)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(fired, 1);
+    let s = db.schedule(run, "s").unwrap().unwrap();
+    assert_eq!((s.next_ms, s.last_ms), (200, 100));
+    assert_eq!(db.list(run, State::Unspecified, "s", 10).unwrap().len(), 1);
+    assert_eq!(db.schedules(Some(run)).unwrap().len(), 1);
+    assert!(db.delete_schedule(run, "s").unwrap());
+    assert!(!db.delete_schedule(run, "s").unwrap());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,8 +89,12 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
              day-of-week [year], e.g. \"0 */5 * * * *\""
         ));
     }
-    let schedule = cron::Schedule::from_str(text.trim())
-        .map_err(|e| format!("cron expression {text:?} is invalid: {e}; e.g. \"0 */5 * * * *\" (every 5 minutes)"))?;
+    let schedule = cron::Schedule::from_str(text.trim()).map_err(|e| {
+        // The parser's message repeats the expression with a caret line above the reason: keep the reason.
+        let message = e.to_string();
+        let reason = message.lines().last().unwrap_or_default().trim().to_string();
+        format!("cron expression {text:?} is invalid: {reason} Example: \"0 */5 * * * *\" (every 5 minutes)")
+    })?;
     if schedule.after(&Utc::now()).next().is_none() {
         return Err(format!("cron expression {text:?} never fires again"));
     }
@@ -109,7 +113,7 @@ pub fn describe(when: Option<&When>) -> String {
 
 /// Milliseconds as a short duration: `500ms`, `10s`, `1m30s`, `2h`.
 pub fn format_ms(ms: u64) -> String {
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         return format!("{ms}ms");
     }
     humantime::format_duration(std::time::Duration::from_millis(ms)).to_string().replace(' ', "")
