@@ -38,7 +38,7 @@ pub mod scheduler;
 pub mod worker;
 
 pub use micro_core::proto::tasks as pb;
-pub use scheduler::{NewTask, Scheduler, SchedulerStats, Tick};
+pub use scheduler::{CronError, NewTask, Scheduler, SchedulerStats, Tick};
 pub use worker::{TaskContext, TaskError, Worker, WorkerStats};
 
 use crate::client::{Client, Route};

@@ -18,12 +18,12 @@
 //! ```
 //!
 //! Ticks are aligned on the clock (an `every(1 min)` scheduler ticks at every whole minute since the Unix epoch, an
-//! `hourly_at(15)` one at a quarter past every hour), so replicas of a scheduler tick at the same instants. Each task
-//! is queued with `Tasks.Enqueue` and a deduplication key made of the scheduler's name, the task's name, the
-//! tick's time and the task's position in the tick's list (unless the task sets its own), so replicas that tick
-//! together create it once: the queue returns the pending or running task of the same name and key instead of a
-//! second one (a replica that ticks after the task finished would create it again). A tick missed while the
-//! callback or the server was slow is skipped, not caught up.
+//! `hourly_at(15)` one at a quarter past every hour, a [`Scheduler::cron`] one when its expression says, in UTC), so
+//! replicas of a scheduler tick at the same instants. Each task is queued with `Tasks.Enqueue` and a deduplication
+//! key made of the scheduler's name, the task's name, the tick's time and the task's position in the tick's list
+//! (unless the task sets its own), so replicas that tick together create it once: the queue returns the pending or
+//! running task of the same name and key instead of a second one (a replica that ticks after the task finished
+//! would create it again). A tick missed while the callback or the server was slow is skipped, not caught up.
 
 use super::{Backoff, Tasks, pb, tasks_client, unix_ms};
 use crate::client::Client;
@@ -172,25 +172,40 @@ impl SchedulerStats {
     }
 }
 
+/// A cron expression a scheduler cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("cron expression {expression:?}: {reason}")]
+pub struct CronError {
+    expression: String,
+    reason: String,
+}
+
 /// When a scheduler ticks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum When {
     /// At every multiple of this period since the Unix epoch.
     Every(Duration),
     /// Every hour at this minute.
     HourlyAt(u32),
+    /// By a cron expression with seconds, in UTC.
+    Cron(Box<cron::Schedule>),
 }
 
 impl When {
-    /// The first tick strictly after `now`.
-    fn next_after(self, now: SystemTime) -> SystemTime {
+    /// The first tick strictly after `now` (`None` when a cron expression never fires again).
+    fn next_after(&self, now: SystemTime) -> Option<SystemTime> {
         let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let (period, offset) = match self {
             When::Every(d) => (d.as_millis().max(1) as u64, 0),
-            When::HourlyAt(m) => (3_600_000, u64::from(m) * 60_000),
+            When::HourlyAt(m) => (3_600_000, u64::from(*m) * 60_000),
+            When::Cron(schedule) => {
+                let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms as i64)?;
+                let next = schedule.after(&now).next()?.timestamp_millis();
+                return Some(UNIX_EPOCH + Duration::from_millis(next.max(0) as u64));
+            }
         };
         let next = if now_ms < offset { offset } else { ((now_ms - offset) / period + 1) * period + offset };
-        UNIX_EPOCH + Duration::from_millis(next)
+        Some(UNIX_EPOCH + Duration::from_millis(next))
     }
 }
 
@@ -237,6 +252,30 @@ impl Scheduler {
         Self::with(When::HourlyAt(minute % 60), Arc::new(move |tick| Box::pin(create(tick))))
     }
 
+    /// Ticks by a cron expression with seconds, in UTC: six or seven fields, `sec min hour day-of-month month
+    /// day-of-week [year]` (`"0 */5 * * * *"`: every 5 minutes), as `micro tasks schedule --cron` takes.
+    pub fn cron<F, Fut>(expression: &str, create: F) -> Result<Self, CronError>
+    where
+        F: Fn(Tick) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<NewTask>> + Send + 'static,
+    {
+        let error = |reason: String| CronError { expression: expression.to_string(), reason };
+        let fields = expression.split_whitespace().count();
+        if !(6..=7).contains(&fields) {
+            return Err(error(format!(
+                "{fields} fields; give 6 or 7, seconds first: sec min hour day-of-month month day-of-week [year]"
+            )));
+        }
+        let schedule: cron::Schedule = expression.trim().parse().map_err(|e: cron::error::Error| {
+            error(e.to_string().lines().last().unwrap_or_default().trim().to_string())
+        })?;
+        let when = When::Cron(Box::new(schedule));
+        if when.next_after(SystemTime::now()).is_none() {
+            return Err(error("it never fires again".into()));
+        }
+        Ok(Self::with(when, Arc::new(move |tick| Box::pin(create(tick)))))
+    }
+
     /// The scheduler's name, part of its tasks' deduplication keys (default: the service's name, or `scheduler`).
     /// Replicas must share it to create each task once.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -272,7 +311,10 @@ impl Scheduler {
     async fn ticks(&self, name: &str, tasks: Tasks) {
         let mut count = 0;
         loop {
-            let at = self.when.next_after(SystemTime::now());
+            let Some(at) = self.when.next_after(SystemTime::now()) else {
+                tracing::info!(scheduler = %name, "the cron expression fires no more");
+                return std::future::pending().await;
+            };
             let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::time::sleep(wait).await;
             let tick = Tick { at, count };
@@ -280,7 +322,7 @@ impl Scheduler {
             self.stats.ticks.fetch_add(1, Ordering::Relaxed);
             let new = (self.create)(tick).await;
             // Queue this tick's tasks, retrying while the server is unreachable, until the next tick is due.
-            let next = self.when.next_after(at);
+            let next = self.when.next_after(at).unwrap_or(at + Duration::from_secs(3600));
             for (i, task) in new.into_iter().enumerate() {
                 let key = format!("{name}:{}:{}:{i}", task.name, tick.ms());
                 let req = match task.request(key) {
@@ -335,13 +377,26 @@ mod tests {
     #[test]
     fn ticks_are_aligned_on_the_clock() {
         let every = When::Every(Duration::from_secs(2));
-        assert_eq!(every.next_after(at(1_000)), at(2_000));
-        assert_eq!(every.next_after(at(2_000)), at(4_000), "strictly after");
-        assert_eq!(every.next_after(at(3_999)), at(4_000));
+        assert_eq!(every.next_after(at(1_000)), Some(at(2_000)));
+        assert_eq!(every.next_after(at(2_000)), Some(at(4_000)), "strictly after");
+        assert_eq!(every.next_after(at(3_999)), Some(at(4_000)));
         let hourly = When::HourlyAt(15);
-        assert_eq!(hourly.next_after(at(0)), at(15 * 60_000));
-        assert_eq!(hourly.next_after(at(15 * 60_000)), at(75 * 60_000));
-        assert_eq!(hourly.next_after(at(3_600_000 + 60_000)), at(3_600_000 + 15 * 60_000));
+        assert_eq!(hourly.next_after(at(0)), Some(at(15 * 60_000)));
+        assert_eq!(hourly.next_after(at(15 * 60_000)), Some(at(75 * 60_000)));
+        assert_eq!(hourly.next_after(at(3_600_000 + 60_000)), Some(at(3_600_000 + 15 * 60_000)));
+        let cron = Scheduler::cron("30 */5 * * * *", |_| async { Vec::new() }).unwrap();
+        assert_eq!(cron.when.next_after(at(0)), Some(at(30_000)));
+        assert_eq!(cron.when.next_after(at(30_000)), Some(at(5 * 60_000 + 30_000)));
+    }
+
+    #[test]
+    fn bad_cron_expressions_are_refused_with_the_reason() {
+        let e = Scheduler::cron("*/5 * * * *", |_| async { Vec::new() }).unwrap_err().to_string();
+        assert!(e.contains("5 fields") && e.contains("seconds first"), "{e}");
+        let e = Scheduler::cron("0 0 25 * * *", |_| async { Vec::new() }).unwrap_err().to_string();
+        assert!(e.starts_with("cron expression \"0 0 25 * * *\": "), "{e}");
+        let e = Scheduler::cron("0 0 0 1 1 * 2001", |_| async { Vec::new() }).unwrap_err().to_string();
+        assert!(e.contains("never fires again"), "{e}");
     }
 
     #[test]
