@@ -13,7 +13,7 @@
 //! })
 //! .name("inventory-collect");
 //! let client = micro::client::Client::from_env()?;
-//! scheduler.run(client, micro::serve::shutdown_signal()).await;
+//! scheduler.run(client, micro::shutdown_signal()).await;
 //! # Ok(()) }
 //! ```
 //!

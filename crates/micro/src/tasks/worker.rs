@@ -12,7 +12,7 @@
 //!     Ok(serde_json::json!({ "resized": size })) // `Ack` with this result
 //! });
 //! let client = micro::client::Client::from_env()?;
-//! worker.run(client, micro::serve::shutdown_signal()).await;
+//! worker.run(client, micro::shutdown_signal()).await;
 //! # Ok(()) }
 //! ```
 //!
