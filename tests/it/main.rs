@@ -22,6 +22,7 @@ mod etcd;
 mod events;
 mod gateway;
 mod interactive;
+mod inventory;
 mod mcp;
 #[cfg(feature = "nats")]
 mod nats;

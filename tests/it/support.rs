@@ -29,14 +29,14 @@ pub fn library_dir() -> PathBuf {
     micro_bin().parent().expect("the micro binary has a dir").join("micro-test-library")
 }
 
-/// An example service binary (`helloworld`, `echo`, `notes`), built once per test run next to the `micro` binary.
+/// An example service binary (`helloworld`, `echo`, `notes`, `inventory`), built once per test run next to the `micro` binary.
 pub fn example_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(build_examples).as_ref().unwrap_or_else(|e| panic!("{e}"));
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// `cargo build -p helloworld -p echo -p notes --bins` into the target dir and profile of the `micro` binary under test.
+/// `cargo build -p helloworld -p echo -p notes -p inventory --bins` into the target dir and profile of the `micro` binary under test.
 fn build_examples() -> Result<PathBuf, String> {
     let micro = micro_bin();
     let bin_dir = micro.parent().ok_or("the micro binary has no parent dir")?.to_path_buf();
@@ -44,7 +44,7 @@ fn build_examples() -> Result<PathBuf, String> {
     let profile = bin_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_string();
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--bins", "-p", "helloworld", "-p", "echo", "-p", "notes", "--target-dir"])
+        .args(["build", "--bins", "-p", "helloworld", "-p", "echo", "-p", "notes", "-p", "inventory", "--target-dir"])
         .arg(target_dir)
         .stdin(Stdio::null());
     match profile.as_str() {
@@ -64,7 +64,7 @@ fn build_examples() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    for name in ["helloworld", "echo", "notes"] {
+    for name in ["helloworld", "echo", "notes", "inventory"] {
         let bin = bin_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         if !bin.is_file() {
             return Err(format!("cargo built the examples but {} is missing", bin.display()));

@@ -71,6 +71,11 @@ impl Client {
         Ok(Self { conn: Connection::new(address, namespace)?, credentials: None, token: None })
     }
 
+    /// A client over a service's connection and account (what a [`crate::Service`] gives its workers).
+    pub(crate) fn from_parts(conn: Connection, credentials: Option<super::credentials::Credentials>) -> Self {
+        Self { conn, credentials, token: None }
+    }
+
     /// The same client, calling with a fixed access token.
     pub fn with_token(mut self, token: &str) -> Self {
         self.conn = self.conn.with_token(Some(token));

@@ -7,9 +7,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 /// Answers `Debug.Stats` for this process.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DebugService {
     started: SystemTime,
+    counters: Option<Counters>,
+}
+
+/// Reads the process's request and error counts for `Debug.Stats`.
+pub type Counters = std::sync::Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
+impl std::fmt::Debug for DebugService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebugService").field("started", &self.started).finish_non_exhaustive()
+    }
 }
 
 impl Default for DebugService {
@@ -21,7 +31,13 @@ impl Default for DebugService {
 impl DebugService {
     /// A service whose process counts as started now.
     pub fn new() -> Self {
-        Self { started: SystemTime::now() }
+        Self { started: SystemTime::now(), counters: None }
+    }
+
+    /// Reports `requests` and `errors` from `counters` (a worker's tasks run and failed, for example).
+    pub fn counters(mut self, counters: Counters) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// The gRPC server of this service.
@@ -34,12 +50,15 @@ impl DebugService {
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let now = SystemTime::now();
         let (memory, threads) = process_status();
+        let (requests, errors) = self.counters.as_ref().map(|c| c()).unwrap_or_default();
         StatsResponse {
             timestamp: secs(now),
             started: secs(self.started),
             uptime: now.duration_since(self.started).map(|d| d.as_secs()).unwrap_or_default(),
             memory,
             threads,
+            requests,
+            errors,
             ..Default::default()
         }
     }
@@ -78,6 +97,13 @@ mod tests {
         let text = "Name:\tmicro\nVmRSS:\t   2048 kB\nThreads:\t7\n";
         assert_eq!(parse_status(text), (2048 * 1024, 7));
         assert_eq!(parse_status(""), (0, 0));
+    }
+
+    #[test]
+    fn counters_are_the_requests_and_errors() {
+        assert_eq!((DebugService::new().stats().requests, DebugService::new().stats().errors), (0, 0));
+        let stats = DebugService::new().counters(std::sync::Arc::new(|| (7, 2))).stats();
+        assert_eq!((stats.requests, stats.errors), (7, 2));
     }
 
     #[test]

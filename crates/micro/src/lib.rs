@@ -41,6 +41,7 @@ pub mod logging;
 pub mod router;
 pub mod serve;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 
 pub use logging::init_logging;
@@ -98,6 +99,8 @@ pub struct Service {
     ttl: Option<Duration>,
     interval: Option<Duration>,
     tls: Option<(PathBuf, PathBuf)>,
+    workers: Vec<tasks::Worker>,
+    schedulers: Vec<tasks::Scheduler>,
 }
 
 impl Service {
@@ -116,6 +119,8 @@ impl Service {
             ttl: None,
             interval: None,
             tls: None,
+            workers: Vec::new(),
+            schedulers: Vec::new(),
         }
     }
 
@@ -207,6 +212,21 @@ impl Service {
         self
     }
 
+    /// Runs a [`tasks::Worker`] in the service: it leases and runs its tasks while the service runs, as the
+    /// service's account, and finishes its running tasks when the service stops. Its counters are the service's
+    /// `requests` (tasks run) and `errors` (tasks failed) in `micro stats`.
+    pub fn worker(mut self, worker: tasks::Worker) -> Self {
+        self.workers.push(worker);
+        self
+    }
+
+    /// Runs a [`tasks::Scheduler`] in the service: it queues its tasks at each tick while the service runs, as the
+    /// service's account.
+    pub fn scheduler(mut self, scheduler: tasks::Scheduler) -> Self {
+        self.schedulers.push(scheduler);
+        self
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -254,7 +274,16 @@ impl Service {
         }
         let mut routes = std::mem::take(&mut self.routes);
         routes.add_service(health_service);
-        routes.add_service(debug::DebugService::new().server());
+        let counters: Vec<_> = self.workers.iter().map(|w| w.stats()).collect();
+        let debug = if counters.is_empty() {
+            debug::DebugService::new()
+        } else {
+            debug::DebugService::new().counters(std::sync::Arc::new(move || {
+                let run = counters.iter().map(|s| s.succeeded() + s.failed()).sum();
+                (run, counters.iter().map(|s| s.failed()).sum())
+            }))
+        };
+        routes.add_service(debug.server());
         if let Some(fds) = &self.descriptors {
             let builder = tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(fds);
             let v1 = builder.build_v1().map_err(|e| ServiceError::Config(format!("reflection: {e}")))?;
@@ -271,6 +300,7 @@ impl Service {
         let credentials = credentials::Credentials::from_env()
             .map(|(id, secret)| credentials::Credentials::spawn(conn.clone(), id, secret));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let background = self.spawn_tasks(&conn, credentials.as_ref(), &stop_rx);
         let heartbeat =
             tokio::spawn(registration::heartbeat(conn.clone(), credentials, record.clone(), interval, stop_rx));
         tracing::info!(
@@ -289,11 +319,44 @@ impl Service {
             async {},
         )
         .await;
-        // The heartbeat deregisters when told to stop.
+        // The heartbeat deregisters when told to stop; workers finish their running tasks.
         let _ = heartbeat.await;
+        for task in background {
+            let _ = task.await;
+        }
         served?;
         tracing::info!(service = %self.name, "service stopped");
         Ok(())
+    }
+
+    /// Starts the service's workers and schedulers, calling as the service's account, until `stop` turns true.
+    fn spawn_tasks(
+        &mut self,
+        conn: &Connection,
+        credentials: Option<&credentials::Credentials>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let client = client::Client::from_parts(conn.clone(), credentials.cloned());
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let mut spawned = Vec::new();
+        for worker in self.workers.drain(..) {
+            let worker = worker.default_id(&self.name);
+            let (client, stop, mut credentials) = (client.clone(), stop.clone(), credentials.cloned());
+            spawned.push(tokio::spawn(async move {
+                // Lease as the service account once it has logged in, rather than be refused first.
+                if let Some(c) = credentials.as_mut() {
+                    c.ready(Duration::from_secs(5)).await;
+                }
+                worker.run(client, stopped(stop)).await
+            }));
+        }
+        for scheduler in self.schedulers.drain(..) {
+            let scheduler = scheduler.default_name(&self.name);
+            spawned.push(tokio::spawn(scheduler.run(client.clone(), stopped(stop.clone()))));
+        }
+        spawned
     }
 
     /// The TLS the service serves: [`Service::tls`], else `MICRO_TLS_CERT` with `MICRO_TLS_KEY`, else none.
@@ -331,7 +394,16 @@ impl Service {
             .map(|s| schema::endpoints(&s.pool, self.grpc_services.iter().map(String::as_str)))
             .unwrap_or_default();
         let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
-        let mut node_metadata = self.metadata.clone();
+        // Worker and scheduler services say so: the task names they lease, and that they schedule.
+        let mut metadata = self.metadata.clone();
+        let names: Vec<String> = self.workers.iter().flat_map(|w| w.names()).collect();
+        if !names.is_empty() {
+            metadata.insert("worker".into(), names.join(","));
+        }
+        if !self.schedulers.is_empty() {
+            metadata.insert("scheduler".into(), "true".into());
+        }
+        let mut node_metadata = metadata.clone();
         for (k, v) in [("server", "grpc"), ("transport", "grpc"), ("protocol", "grpc")] {
             node_metadata.insert(k.into(), v.into());
         }
@@ -345,7 +417,7 @@ impl Service {
         Ok(ServiceRecord {
             name: self.name.clone(),
             version: self.version.clone(),
-            metadata: self.metadata.clone(),
+            metadata,
             endpoints,
             nodes: vec![Node {
                 id: format!("{}-{}", self.name, uuid::Uuid::new_v4()),
@@ -489,6 +561,22 @@ mod tests {
         // Set by hand without TLS, it is not advertised: the proxy would fail to reach the node.
         let plain = service.record(local, Duration::from_secs(90), "micro", false).unwrap();
         assert!(!plain.nodes[0].metadata.contains_key("tls"), "{:?}", plain.nodes[0].metadata);
+    }
+
+    #[test]
+    fn worker_and_scheduler_services_say_so_in_their_registration() {
+        let worker = tasks::Worker::new()
+            .handle("collect", |_t: tasks::TaskContext| async { Ok(()) })
+            .handle("report", |_t: tasks::TaskContext| async { Ok(()) });
+        let scheduler = tasks::Scheduler::every(Duration::from_secs(1), |_| async { Vec::new() });
+        let service = Service::new("inventory").worker(worker).scheduler(scheduler);
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let record = service.record(local, Duration::from_secs(90), "micro", false).unwrap();
+        assert_eq!(record.metadata.get("worker").map(String::as_str), Some("collect,report"));
+        assert_eq!(record.metadata.get("scheduler").map(String::as_str), Some("true"));
+        assert_eq!(record.nodes[0].metadata.get("worker").map(String::as_str), Some("collect,report"));
+        let plain = Service::new("svc").record(local, Duration::from_secs(90), "micro", false).unwrap();
+        assert!(!plain.metadata.contains_key("worker") && !plain.metadata.contains_key("scheduler"));
     }
 
     #[test]
