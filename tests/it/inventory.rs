@@ -2,7 +2,7 @@
 //! end to end through the real CLI (`micro tasks`, the dynamic `micro inventory` commands, `micro services`,
 //! `micro stats`).
 
-use crate::support::{Platform, Proc};
+use crate::support::{Dirs, Platform, Proc};
 use serde_json::Value;
 
 /// Starts a platform with inventory running as a service account (as the runtime would start it).
@@ -126,4 +126,22 @@ fn a_collection_that_keeps_failing_is_retried_then_dead() {
     assert!(listed.iter().any(|t| t["id"] == id.as_str()), "{listed:?}");
     let stats = p.micro(["stats", "inventory", "-o", "json"]).ok().json();
     assert!(number(&stats[0]["errors"]) >= 4, "{stats}");
+}
+
+#[test]
+fn the_handler_chain_guards_collect_with_a_permission() {
+    let (p, _service) = platform();
+    // An account without `inventory:write` may list, but not collect: the chain's authorization refuses by name.
+    p.micro(["auth", "create", "account", "viewer", "--secret", "viewer-pw"]).ok();
+    let viewer = Dirs::new();
+    p.cli_in(&viewer, ["login", "--username", "viewer", "--password-stdin"]).stdin("viewer-pw\n").run().ok();
+    p.cli_in(&viewer, ["inventory", "list"]).run().ok();
+    let denied = p.cli_in(&viewer, ["inventory", "collect", "--region=eu"]).run().code(2);
+    assert!(denied.stderr.contains("inventory:write"), "{}", denied.snapshot());
+    // With the permission, the same account collects.
+    p.micro(["auth", "create", "account", "writer", "--secret", "writer-pw", "--scopes", "inventory:write"]).ok();
+    let writer = Dirs::new();
+    p.cli_in(&writer, ["login", "--username", "writer", "--password-stdin"]).stdin("writer-pw\n").run().ok();
+    let queued = p.cli_in(&writer, ["inventory", "collect", "--region=eu"]).run().ok().json();
+    assert!(queued["id"].as_str().is_some_and(|id| !id.is_empty()), "{queued}");
 }

@@ -8,8 +8,15 @@
 //! - **gRPC**: `Inventory.List` and `Inventory.Get` read what was collected; `Inventory.Collect` queues a
 //!   collection now.
 //!
+//! The gRPC interface runs behind SpaceONE's handler chain ([`micro::chain`]): callers are authenticated (their
+//! token checked by the platform's auth), `Inventory.Collect` needs the permission `inventory:write`, every call is
+//! logged and published as events on `inventory.calls`. `Inventory.List` answers from a one-second cache
+//! ([`micro::cache`]), so a burst of listings reads the store once.
+//!
 //! The handler is a library so tests can serve it in-process; `main.rs` runs it as a micro service.
 
+use micro::cache::{CacheExt, MemoryCache};
+use micro::chain::{Chain, Inspect};
 use micro::client::Client;
 use micro::proto::tasks::{EnqueueRequest, tasks_client::TasksClient};
 use micro::store::{Query, Store};
@@ -40,6 +47,10 @@ pub const REGIONS: &[(&str, u32)] = &[("eu", 3), ("us", 2)];
 const OTHER_REGIONS: &[(&str, u32)] = &[("ap", 1)];
 /// The store table of the collected hosts.
 pub const TABLE: &str = "inventory";
+/// The permission `Inventory.Collect` needs (`admin` and `*` scopes have it).
+pub const COLLECT_PERMISSION: &str = "inventory:write";
+/// How long a listing is cached.
+const LIST_TTL: Duration = Duration::from_secs(1);
 
 /// A `collect` task's payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,6 +137,8 @@ async fn collect(task: TaskContext) -> Result<serde_json::Value, TaskError> {
 #[derive(Clone, Debug)]
 pub struct Handler {
     client: Client,
+    /// Listings by region, for [`LIST_TTL`].
+    listings: MemoryCache,
 }
 
 /// A building block failed: an internal error of inventory, whose message says which and why.
@@ -136,7 +149,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl Handler {
     /// A handler that uses the platform through `client`.
     pub fn new(client: &Client) -> Self {
-        Self { client: client.clone() }
+        Self { client: client.clone(), listings: MemoryCache::new(64) }
     }
 }
 
@@ -144,15 +157,23 @@ impl Handler {
 impl Inventory for Handler {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let region = req.into_inner().region;
-        let records = store(&self.client).read_many(Query::prefix("host/")).await.map_err(internal)?;
-        let mut hosts = Vec::new();
-        for record in records {
-            let host: Stored = record.json().map_err(internal)?;
-            if region.is_empty() || host.region == region {
-                hosts.push(host.into());
-            }
-        }
-        Ok(Response::new(ListResponse { hosts }))
+        let key = format!("list/{region}");
+        // One store read per region and second, however many callers list at once.
+        let stored: Vec<Stored> = self
+            .listings
+            .get_or_compute(&key, LIST_TTL, || async {
+                let records = store(&self.client).read_many(Query::prefix("host/")).await.map_err(internal)?;
+                let mut hosts = Vec::new();
+                for record in records {
+                    let host: Stored = record.json().map_err(internal)?;
+                    if region.is_empty() || host.region == region {
+                        hosts.push(host);
+                    }
+                }
+                Ok::<_, Status>(hosts)
+            })
+            .await?;
+        Ok(Response::new(ListResponse { hosts: stored.into_iter().map(Host::from).collect() }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -175,11 +196,23 @@ impl Inventory for Handler {
     }
 }
 
-/// The micro service: its scheduler, its worker, and its gRPC interface, all calling as `client`'s account.
+/// The handler chain of the gRPC interface: authentication by the platform, `inventory:write` for
+/// `Inventory.Collect`, a log line and events on the broker per call.
+pub fn chain(client: &Client) -> Chain {
+    Chain::new()
+        .authenticate(Inspect::new(client))
+        .authorize("Inventory.Collect", COLLECT_PERMISSION)
+        .log()
+        .events(micro::broker::Broker::from_client(client))
+}
+
+/// The micro service: its scheduler, its worker, and its gRPC interface behind [`chain`], all calling as
+/// `client`'s account.
 pub fn service(client: &Client) -> micro::Service {
     micro::Service::new("inventory")
         .descriptors(pb::FILE_DESCRIPTOR_SET)
         .scheduler(scheduler())
         .worker(worker())
         .add_service(InventoryServer::new(Handler::new(client)).max_decoding_message_size(micro::MAX_MESSAGE_SIZE))
+        .layer(chain(client))
 }
