@@ -271,6 +271,24 @@ struct Claims {
     sid: String,
 }
 
+impl Claims {
+    /// The claims of an access token for `account`, issued at `created` for `ttl` (at least a second), in login
+    /// session `session` (empty for a token the server mints for itself).
+    fn of(account: &StoredAccount, created: u64, ttl: Duration, session: &str) -> Self {
+        Claims {
+            sub: account.id.clone(),
+            name: account.name.clone(),
+            typ: account.kind.clone(),
+            scopes: account.scopes.clone(),
+            iss: account.issuer.clone(),
+            iat: created,
+            exp: created + ttl.as_secs().max(1),
+            generation: account.generation,
+            sid: session.to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// (namespace, id) → account
@@ -636,22 +654,17 @@ impl Auth {
         rules
     }
 
+    /// Signs an access token's claims.
+    fn sign(&self, claims: &Claims) -> Result<String, Status> {
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(storage)
+    }
+
     fn issue(&self, account: &StoredAccount, expiry: Option<Duration>, session: &str) -> Result<Token, Status> {
         let ttl = expiry.filter(|d| !d.is_zero()).map_or(self.config.access_ttl, |d| d.min(self.config.access_ttl));
         let created = now();
-        let claims = Claims {
-            sub: account.id.clone(),
-            name: account.name.clone(),
-            typ: account.kind.clone(),
-            scopes: account.scopes.clone(),
-            iss: account.issuer.clone(),
-            iat: created,
-            exp: created + ttl.as_secs().max(1),
-            generation: account.generation,
-            sid: session.to_string(),
-        };
-        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        let access = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(storage)?;
+        let claims = Claims::of(account, created, ttl, session);
+        let access = self.sign(&claims)?;
         let refresh = random_token(32);
         let record = StoredRefresh {
             namespace: account.issuer.clone(),
@@ -753,21 +766,7 @@ impl Auth {
             .find_account(namespace, id)
             .or_else(|| self.find_account(micro_core::DEFAULT_NAMESPACE, id))
             .ok_or_else(|| Status::permission_denied(format!("the account {id} no longer exists")))?;
-        let created = now();
-        let ttl = ttl.min(self.config.access_ttl);
-        let claims = Claims {
-            sub: account.id.clone(),
-            name: account.name.clone(),
-            typ: account.kind.clone(),
-            scopes: account.scopes.clone(),
-            iss: account.issuer.clone(),
-            iat: created,
-            exp: created + ttl.as_secs().max(1),
-            generation: account.generation,
-            sid: String::new(),
-        };
-        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(storage)
+        self.sign(&Claims::of(&account, now(), ttl.min(self.config.access_ttl), ""))
     }
 
     /// Exchanges a refresh token for a new pair; the old refresh token stops working.

@@ -294,13 +294,7 @@ impl Tasks {
                 return;
             }
             changes.borrow_and_update();
-            let now = now_ms();
-            let claim = Claim {
-                worker: worker.clone(),
-                lease: uuid::Uuid::new_v4().to_string(),
-                now,
-                until: now + RUNNER_LEASE.as_millis() as i64,
-            };
+            let claim = Claim::fresh(&worker, RUNNER_LEASE.as_millis() as i64);
             let lease = claim.lease.clone();
             match self.run(move |s| s.lease(&Pick::Stages, &claim)).await {
                 Ok(Some(task)) => {

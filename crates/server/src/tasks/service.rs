@@ -293,13 +293,7 @@ impl TasksRpc for TasksService {
         let mut changes = self.tasks.queue_changes();
         loop {
             changes.borrow_and_update();
-            let now = now_ms();
-            let claim = Claim {
-                worker: worker.clone(),
-                lease: uuid::Uuid::new_v4().to_string(),
-                now,
-                until: now + lease_ms as i64,
-            };
+            let claim = Claim::fresh(&worker, lease_ms as i64);
             let lease = claim.lease.clone();
             let p = pick.clone();
             if let Some(task) = self.tasks.run(move |s| s.lease(&p, &claim)).await? {

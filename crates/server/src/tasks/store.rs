@@ -138,6 +138,14 @@ pub struct Claim {
     pub until: i64,
 }
 
+impl Claim {
+    /// A fresh lease for `worker` from now, for `lease_ms`.
+    pub fn fresh(worker: &str, lease_ms: i64) -> Self {
+        let now = super::now_ms();
+        Claim { worker: worker.to_string(), lease: uuid::Uuid::new_v4().to_string(), now, until: now + lease_ms }
+    }
+}
+
 /// How a leased attempt ended.
 #[derive(Clone, Debug)]
 pub enum Outcome {
