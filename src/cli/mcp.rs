@@ -36,8 +36,7 @@ use std::time::{Duration, Instant};
 /// How many services' schemas `tools/list` resolves at once.
 const RESOLVE_CONCURRENCY: usize = 16;
 /// The services of the platform itself, exposed only with `--core`.
-const CORE_SERVICES: &[&str] =
-    &["auth", "registry", "store", "config", "broker", "events", "runtime", "tasks", "server"];
+const CORE_SERVICES: &[&str] = micro_server::CORE_NAMES;
 /// The longest tool name MCP allows.
 const MAX_TOOL_NAME: usize = 64;
 
@@ -65,7 +64,7 @@ pub struct ServeArgs {
     /// Do not expose these services (a comma list).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub exclude: Vec<String>,
-    /// Expose the core services too (auth, registry, store, config, broker, events, runtime).
+    /// Expose the core services too (auth, broker, config, events, registry, runtime, store, tasks).
     #[arg(long)]
     pub core: bool,
     /// Deadline of each tool call, e.g. `5s` (streams included).

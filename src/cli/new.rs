@@ -66,7 +66,7 @@ const CARGO_RESERVED: &[&str] =
     &["test", "std", "core", "alloc", "proc_macro", "proc-macro", "build", "deps", "examples", "incremental"];
 
 /// Core services of the micro server that are not CLI commands: their names are taken in the registry.
-const CORE_SERVICES: &[&str] = &["auth", "registry", "store", "config", "broker", "events", "runtime"];
+const CORE_SERVICES: &[&str] = micro_server::CORE_NAMES;
 
 /// Rust keywords (strict and reserved, all editions): cargo refuses them as package names.
 const RUST_KEYWORDS: &[&str] = &[

@@ -97,6 +97,22 @@ fn stdio_tools_calls_and_streams() {
     assert!(stderr.contains("tool=helloworld_Helloworld_Call outcome=\"error: invalid argument"), "{stderr}");
 }
 
+/// Starts `micro mcp serve --address` on a free port with `args`, as `p`'s CLI, once it listens: the process (its
+/// stderr piped) and the URL of its endpoint.
+fn serve_http(p: &Platform, args: &[&str]) -> (std::process::Child, String) {
+    let address = format!("127.0.0.1:{}", closed_port());
+    let mut cmd = Command::new(micro_bin());
+    cmd.args(["mcp", "serve", "--address", &address]).args(args);
+    cli_env(p, &mut cmd);
+    let server = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "micro mcp serve did not listen on {address}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, format!("http://{address}/mcp"))
+}
+
 #[test]
 fn http_callers_bring_their_own_token() {
     let p = Platform::with(&["helloworld"]);
@@ -109,17 +125,7 @@ fn http_callers_bring_their_own_token() {
         p.micro(["call", "auth", "Auth.Token", &body, "-o", "raw"]).ok().json()["token"]["access_token"].clone();
     let viewer = token.as_str().expect("an access token").to_string();
 
-    let address = format!("127.0.0.1:{}", closed_port());
-    let mut cmd = Command::new(micro_bin());
-    cmd.args(["mcp", "serve", "--max-messages", "5", "--address", &address]);
-    cli_env(&p, &mut cmd);
-    let mut server = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline, "micro mcp serve did not listen on {address}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("http://{address}/mcp");
+    let (mut server, url) = serve_http(&p, &["--max-messages", "5"]);
     let (r, _) = python_client(&p, &["http", &url, p.token(), &viewer]);
     let _ = server.kill();
     let _ = server.wait();
@@ -142,6 +148,22 @@ fn tools_follow_the_registry() {
     let micro = micro_bin().display().to_string();
     let echo = example_bin("echo").display().to_string();
     let (r, _) = python_client(&p, &["watch", &micro, &echo]);
+    let has_echo = |list: &Value| list.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("echo_"));
+    assert!(!has_echo(&r["before"]), "{r}");
+    assert_eq!(r["changed_on_register"], true, "{r}");
+    assert!(has_echo(&r["after"]), "{r}");
+    assert_eq!(r["changed_on_deregister"], true, "{r}");
+    assert!(!has_echo(&r["last"]), "{r}");
+}
+
+#[test]
+fn tools_follow_the_registry_over_http() {
+    let p = Platform::with(&["helloworld"]);
+    let (mut server, url) = serve_http(&p, &[]);
+    let echo = example_bin("echo").display().to_string();
+    let (r, _) = python_client(&p, &["watch-http", &url, p.token(), &echo]);
+    let _ = server.kill();
+    let _ = server.wait();
     let has_echo = |list: &Value| list.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("echo_"));
     assert!(!has_echo(&r["before"]), "{r}");
     assert_eq!(r["changed_on_register"], true, "{r}");
