@@ -81,7 +81,7 @@ pub(crate) mod proptests {
     //! [`config`] is the case count of every property suite of the crate (`docs/fuzzing.md`).
 
     use super::*;
-    use crate::proto::{auth, broker, config as cfg, debug, events, registry, runtime, store};
+    use crate::proto::{auth, broker, config as cfg, debug, events, registry, runtime, store, tasks};
     use crate::testing::{config, protobuf};
     use proptest::prelude::*;
     use proptest::test_runner::TestCaseError;
@@ -158,6 +158,18 @@ pub(crate) mod proptests {
         ("store.TablesRequest", check::<store::TablesRequest>),
         ("store.ExportRequest", check::<store::ExportRequest>),
         ("store.ImportRequest", check::<store::ImportRequest>),
+        ("tasks.ScheduleRequest", check::<tasks::ScheduleRequest>),
+        ("tasks.UnscheduleRequest", check::<tasks::UnscheduleRequest>),
+        ("tasks.SchedulesRequest", check::<tasks::SchedulesRequest>),
+        ("tasks.RunRequest", check::<tasks::RunRequest>),
+        ("tasks.EnqueueRequest", check::<tasks::EnqueueRequest>),
+        ("tasks.ListRequest", check::<tasks::ListRequest>),
+        ("tasks.GetRequest", check::<tasks::GetRequest>),
+        ("tasks.RetryRequest", check::<tasks::RetryRequest>),
+        ("tasks.LeaseRequest", check::<tasks::LeaseRequest>),
+        ("tasks.ExtendRequest", check::<tasks::ExtendRequest>),
+        ("tasks.AckRequest", check::<tasks::AckRequest>),
+        ("tasks.FailRequest", check::<tasks::FailRequest>),
     ];
 
     #[test]
