@@ -142,18 +142,24 @@ fn http_callers_bring_their_own_token() {
     assert!(log.contains("account=viewer tool=helloworld_Helloworld_Call outcome=\"error: PermissionDenied"), "{log}");
 }
 
-#[test]
-fn tools_follow_the_registry() {
-    let p = Platform::with(&["helloworld"]);
-    let micro = micro_bin().display().to_string();
-    let echo = example_bin("echo").display().to_string();
-    let (r, _) = python_client(&p, &["watch", &micro, &echo]);
+/// Checks a `watch` report: echo's tools appear with a `tools/list_changed` when it registers and go with another.
+#[track_caller]
+fn check_follows(r: &Value) {
     let has_echo = |list: &Value| list.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("echo_"));
     assert!(!has_echo(&r["before"]), "{r}");
     assert_eq!(r["changed_on_register"], true, "{r}");
     assert!(has_echo(&r["after"]), "{r}");
     assert_eq!(r["changed_on_deregister"], true, "{r}");
     assert!(!has_echo(&r["last"]), "{r}");
+}
+
+#[test]
+fn tools_follow_the_registry() {
+    let p = Platform::with(&["helloworld"]);
+    let micro = micro_bin().display().to_string();
+    let echo = example_bin("echo").display().to_string();
+    let (r, _) = python_client(&p, &["watch", &micro, &echo]);
+    check_follows(&r);
 }
 
 #[test]
@@ -164,12 +170,7 @@ fn tools_follow_the_registry_over_http() {
     let (r, _) = python_client(&p, &["watch-http", &url, p.token(), &echo]);
     let _ = server.kill();
     let _ = server.wait();
-    let has_echo = |list: &Value| list.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("echo_"));
-    assert!(!has_echo(&r["before"]), "{r}");
-    assert_eq!(r["changed_on_register"], true, "{r}");
-    assert!(has_echo(&r["after"]), "{r}");
-    assert_eq!(r["changed_on_deregister"], true, "{r}");
-    assert!(!has_echo(&r["last"]), "{r}");
+    check_follows(&r);
 }
 
 #[test]
