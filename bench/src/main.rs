@@ -11,6 +11,8 @@
 mod cpu;
 mod forwarder;
 mod grpc;
+#[allow(dead_code)] // the other benchmarks use the rest of this module
+mod inprocess;
 mod platform;
 mod process;
 mod stats;

@@ -22,6 +22,7 @@ mod cpu;
 mod grpc;
 #[allow(dead_code)] // web.rs reads the wire sizes of answers
 mod http1;
+mod inprocess;
 mod stats;
 
 /// The allocator of the `micro` binary, so the in-process server allocates as it does in production.
@@ -32,6 +33,7 @@ use anyhow::{Context, bail, ensure};
 use helloworld::pb::CallRequest;
 use helloworld::pb::helloworld_client::HelloworldClient;
 use http1::{Answer, Conn, REQUEST_TIMEOUT};
+use inprocess::{ADMIN_PASSWORD, START_TIMEOUT};
 use micro_core::proto::registry::{Node, Options, Schema as SchemaMsg, Service};
 use serde_json::{Value, json};
 use stats::{Samples, ms, thousands, us};
@@ -45,7 +47,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-const ADMIN_PASSWORD: &str = "bench-admin";
 /// The MCP protocol version the client asks for.
 const PROTOCOL_VERSION: &str = "2025-06-18";
 /// The tool of helloworld's `Helloworld.Call`, and its arguments.
@@ -60,10 +61,8 @@ const EXTRA_SERVICES: usize = 100;
 const ENDPOINTS_PER_SERVICE: usize = 3;
 const LIST_WARMUP: usize = 2;
 const LISTS: usize = 20;
-/// Bounds on every exchange: one request (a `tools/list` of 300 tools included), an HTTP answer's head and body.
-/// How long a one-shot `micro` process may take, and an MCP server to start.
+/// How long a one-shot `micro` process may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The server under test, as its clients see it.
 struct Site {
@@ -81,10 +80,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let micro_bin = std::env::current_exe()?.with_file_name(format!("micro{}", std::env::consts::EXE_SUFFIX));
-    if !micro_bin.is_file() {
-        bail!("{} is missing: build it first with `cargo build --release --workspace`", micro_bin.display());
-    }
+    let micro_bin = inprocess::micro_bin()?;
     let data = tempfile::Builder::new().prefix("micro-bench-mcp").tempdir()?;
     let site = start(data.path()).await.context("starting the server")?;
     register_extra(data.path(), &site).await.context("registering the extra services")?;
@@ -257,43 +253,10 @@ async fn start(dir: &Path) -> anyhow::Result<Site> {
         admin_password: Some(ADMIN_PASSWORD.into()),
         ..micro_server::ServerConfig::new(dir.join("server"))
     };
-    let server = tokio::spawn(micro_server::serve(listener, config, std::future::pending()));
-
-    // helloworld as a micro service: it registers through the proxy with the server's local credential.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let service = listener.local_addr()?;
-    let hello = tokio::spawn(helloworld::service().proxy(proxy.to_string()).serve(listener, std::future::pending()));
+    let mut server = tokio::spawn(micro_server::serve(listener, config, std::future::pending()));
     let conn = micro_client::Connection::new(&proxy.to_string(), micro_core::DEFAULT_NAMESPACE)?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if server.is_finished() {
-            bail!("the micro server stopped: {}", outcome(server.await));
-        }
-        if hello.is_finished() {
-            bail!("helloworld stopped: {}", outcome(hello.await));
-        }
-        let last = match conn.get_service("helloworld").await {
-            Ok(services) if services.iter().flat_map(|s| &s.nodes).any(|n| n.address == service.to_string()) => {
-                break;
-            }
-            Ok(_) => "registered without our node".to_string(),
-            Err(status) => status.message().to_string(),
-        };
-        if Instant::now() > deadline {
-            bail!(
-                "helloworld did not register within {START_TIMEOUT:?} (last answer: {last}); it needs the server's \
-                 local credential, found through the locator in the default micro data dir"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let req = conn.request(micro_core::proto::auth::TokenRequest {
-        id: "admin".into(),
-        secret: ADMIN_PASSWORD.into(),
-        ..Default::default()
-    });
-    let token = conn.auth().token(req).await?.into_inner().token.context("no token")?.access_token;
-    ensure!(!token.is_empty(), "the server answered the admin's login with an empty token");
+    let service = inprocess::serve_helloworld(&conn, proxy, &mut server).await?;
+    let token = inprocess::admin_token(&conn, &mut server).await?;
     Ok(Site { proxy, service, token })
 }
 
@@ -330,15 +293,6 @@ async fn register_extra(dir: &Path, site: &Site) -> anyhow::Result<()> {
     let extra = listed.iter().filter(|s| s.name.starts_with("svc")).count();
     ensure!(extra >= EXTRA_SERVICES, "the registry lists {extra} of the {EXTRA_SERVICES} services registered");
     Ok(())
-}
-
-/// How a finished task ended, in words.
-fn outcome<E: std::fmt::Display>(joined: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match joined {
-        Ok(Ok(())) => "without an error".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => format!("it panicked: {e}"),
-    }
 }
 
 /// A `micro` command with the CLI's environment for this benchmark: the proxy, the admin's token, and config and

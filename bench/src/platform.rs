@@ -6,6 +6,7 @@
 //! cores only through the OS scheduler, exactly as separate processes would, and never by queueing on the
 //! servers' worker threads. `--runtimes shared` puts everything on one runtime instead, for comparison.
 
+use crate::inprocess::outcome;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -53,15 +54,6 @@ pub struct Platform {
     service: Option<Running<micro::ServiceError>>,
     forward: Option<Running<tonic::transport::Error>>,
     _data: tempfile::TempDir,
-}
-
-/// How a finished task ended, in words.
-fn outcome<E: std::fmt::Display>(joined: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match joined {
-        Ok(Ok(())) => "without an error".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => format!("it panicked: {e}"),
-    }
 }
 
 /// A server task and the sender that tells it to stop.

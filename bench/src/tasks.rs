@@ -17,6 +17,8 @@
 
 mod cpu;
 #[allow(dead_code)] // the other benchmarks use the rest of this module
+mod inprocess;
+#[allow(dead_code)] // the other benchmarks use the rest of this module
 mod stats;
 
 /// The allocator of the `micro` binary, so the in-process server allocates as it does in production.
@@ -24,6 +26,7 @@ mod stats;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, bail, ensure};
+use inprocess::ADMIN_PASSWORD;
 use micro::client::Client;
 use micro::tasks::{TaskContext, Worker};
 use micro_core::proto::tasks::{
@@ -37,7 +40,6 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-const ADMIN_PASSWORD: &str = "bench-admin";
 /// Tasks queued per throughput round, and the workers that run them.
 const TASKS: usize = 64;
 const WORKERS: usize = 4;
@@ -48,7 +50,6 @@ const FIRINGS: usize = 75;
 const SKIPPED_FIRINGS: usize = 3;
 /// The most one round or the schedule may take before the benchmark gives up.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The target for the schedule's p99 delay.
 const TARGET_P99: Duration = Duration::from_millis(50);
 
@@ -121,25 +122,9 @@ async fn start(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, Client)> {
         admin_password: Some(ADMIN_PASSWORD.into()),
         ..micro_server::ServerConfig::new(dir.join("server"))
     };
-    let server = tokio::spawn(micro_server::serve(listener, config, std::future::pending()));
+    let mut server = tokio::spawn(micro_server::serve(listener, config, std::future::pending()));
     let conn = micro_client::Connection::new(&proxy.to_string(), micro_core::DEFAULT_NAMESPACE)?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    let token = loop {
-        if server.is_finished() {
-            bail!("the micro server stopped: {:?}", server.await);
-        }
-        let req = conn.request(micro_core::proto::auth::TokenRequest {
-            id: "admin".into(),
-            secret: ADMIN_PASSWORD.into(),
-            ..Default::default()
-        });
-        match conn.auth().token(req).await {
-            Ok(rsp) => break rsp.into_inner().token.context("no token")?.access_token,
-            Err(status) if Instant::now() > deadline => bail!("cannot log in as the admin: {}", status.message()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    ensure!(!token.is_empty(), "the server answered the admin's login with an empty token");
+    let token = inprocess::admin_token(&conn, &mut server).await?;
     let client = Client::new(&proxy.to_string(), micro_core::DEFAULT_NAMESPACE)?.with_token(&token);
     Ok((proxy, client))
 }

@@ -14,10 +14,13 @@
 mod cpu;
 #[allow(dead_code)] // the other benchmarks use the rest of these modules
 mod grpc;
+#[allow(dead_code)] // the other benchmarks use the rest of this module
+mod inprocess;
 mod stats;
 
 use anyhow::{Context, bail};
 use helloworld::pb::helloworld_server::HelloworldServer;
+use inprocess::ADMIN_PASSWORD;
 use micro_client::Connection;
 use micro_client::tls::ClientTls;
 use micro_core::proto::registry::{Node, Options, Schema as SchemaMsg, Service};
@@ -29,7 +32,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-const ADMIN_PASSWORD: &str = "bench-admin";
 const CALLS: usize = 2000;
 const WARMUP: usize = 200;
 const IN_FLIGHT: usize = 64;
@@ -58,10 +60,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let micro_bin = std::env::current_exe()?.with_file_name(format!("micro{}", std::env::consts::EXE_SUFFIX));
-    if !micro_bin.is_file() {
-        bail!("{} is missing: build it first with `cargo build --release --workspace`", micro_bin.display());
-    }
+    let micro_bin = inprocess::micro_bin()?;
     let data = tempfile::Builder::new().prefix("micro-bench-tls").tempdir()?;
 
     // helloworld, served directly.

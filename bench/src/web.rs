@@ -21,6 +21,7 @@
 
 mod cpu;
 mod http1;
+mod inprocess;
 mod stats;
 
 /// The allocator of the `micro` binary, so the in-process server allocates as it does in production.
@@ -29,13 +30,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, bail, ensure};
 use http1::{Answer, Conn};
+use inprocess::ADMIN_PASSWORD;
 use stats::{Samples, ms, thousands, us};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-const ADMIN_PASSWORD: &str = "bench-admin";
 const PAGE_WARMUP: usize = 5;
 const PAGE_RUNS: usize = 50;
 const LOGINS: usize = 5;
@@ -76,10 +77,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let micro_bin = std::env::current_exe()?.with_file_name(format!("micro{}", std::env::consts::EXE_SUFFIX));
-    if !micro_bin.is_file() {
-        bail!("{} is missing: build it first with `cargo build --release --workspace`", micro_bin.display());
-    }
+    let micro_bin = inprocess::micro_bin()?;
     let data = tempfile::Builder::new().prefix("micro-bench-web").tempdir()?;
     let mut site = start(data.path()).await.context("starting the server")?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -257,51 +255,11 @@ async fn start(dir: &Path) -> anyhow::Result<Site> {
         ..micro_server::ServerConfig::new(dir.join("server"))
     };
     let listeners = micro_server::Listeners { proxy: proxy_listener, api: Some(api_listener), web: Some(web_listener) };
-    let server = tokio::spawn(micro_server::serve_with(listeners, config, std::future::pending()));
-
-    // helloworld as a micro service: it registers through the proxy with the server's local credential.
-    let listener = bind().await?;
-    let service = listener.local_addr()?.to_string();
-    let hello = tokio::spawn(helloworld::service().proxy(proxy.to_string()).serve(listener, std::future::pending()));
+    let mut server = tokio::spawn(micro_server::serve_with(listeners, config, std::future::pending()));
     let conn = micro_client::Connection::new(&proxy.to_string(), micro_core::DEFAULT_NAMESPACE)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if server.is_finished() {
-            bail!("the micro server stopped: {}", outcome(server.await));
-        }
-        if hello.is_finished() {
-            bail!("helloworld stopped: {}", outcome(hello.await));
-        }
-        let last = match conn.get_service("helloworld").await {
-            Ok(services) if services.iter().flat_map(|s| &s.nodes).any(|n| n.address == service) => break,
-            Ok(_) => "registered without our node".to_string(),
-            Err(status) => status.message().to_string(),
-        };
-        if Instant::now() > deadline {
-            bail!(
-                "helloworld did not register within 20 s (last answer: {last}); it needs the server's local \
-                 credential, found through the locator in the default micro data dir"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let req = conn.request(micro_core::proto::auth::TokenRequest {
-        id: "admin".into(),
-        secret: ADMIN_PASSWORD.into(),
-        ..Default::default()
-    });
-    let token = conn.auth().token(req).await?.into_inner().token.context("no token")?.access_token;
-    ensure!(!token.is_empty(), "the server answered the admin's login with an empty token");
+    inprocess::serve_helloworld(&conn, proxy, &mut server).await?;
+    let token = inprocess::admin_token(&conn, &mut server).await?;
     Ok(Site { proxy, api, web, origin: format!("http://{web}"), token, cookie: String::new(), csrf: String::new() })
-}
-
-/// How a finished task ended, in words.
-fn outcome<E: std::fmt::Display>(joined: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match joined {
-        Ok(Ok(())) => "without an error".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => format!("it panicked: {e}"),
-    }
 }
 
 impl Site {

@@ -163,7 +163,7 @@ async fn serve_stdio(settings: &Settings, args: ServeArgs) -> anyhow::Result<()>
     // Fail early, before the client's handshake, when there is no usable login.
     settings.connect_authed().await?;
     let account = settings.stored_token().ok().flatten().map(|(_, t)| t.account_id).unwrap_or_default();
-    let server = McpServer::new(settings.clone(), args, account, Arc::default());
+    let server = McpServer::new(settings.clone(), args, account, Arc::default(), settings.schema_cache());
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -188,10 +188,10 @@ async fn serve_http(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .map_err(|e| CliError::input(format!("cannot listen on {address}: {e}")))?;
     let local = listener.local_addr().map_err(|e| CliError::failure(e.to_string()))?;
-    let (s, a, limiter) = (settings.clone(), args.clone(), Arc::<Limiter>::default());
+    let (s, a, limiter, schemas) = (settings.clone(), args.clone(), Arc::<Limiter>::default(), settings.schema_cache());
     // Each session its own server (and tool map): what a caller sees depends on who it is. The rate limits are
-    // per account across sessions.
-    let factory = move || Ok(McpServer::new(s.clone(), a.clone(), String::new(), limiter.clone()));
+    // per account across sessions, and the decoded schemas are shared by all.
+    let factory = move || Ok(McpServer::new(s.clone(), a.clone(), String::new(), limiter.clone(), schemas.clone()));
     // The host allow-list guards against DNS rebinding from browsers; every request here needs a bearer token
     // that a rebinding page cannot have, and the server may well be reached by another name than localhost.
     let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
@@ -291,8 +291,7 @@ pub struct McpServer {
 }
 
 impl McpServer {
-    fn new(settings: Settings, args: ServeArgs, account: String, limiter: Arc<Limiter>) -> Self {
-        let schemas = settings.schema_cache();
+    fn new(settings: Settings, args: ServeArgs, account: String, limiter: Arc<Limiter>, schemas: SchemaCache) -> Self {
         Self { settings, args, account, tools: Arc::default(), limiter, schemas }
     }
 
